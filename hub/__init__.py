@@ -1,0 +1,1 @@
+"""Lienthong hub: the central service that verifies and routes sealed packets."""

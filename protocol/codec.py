@@ -1,0 +1,263 @@
+"""Deterministic CBOR for everything Lienthong signs, and a strict decoder for what it reads.
+
+Encoding follows RFC 8949 §4.2.1 (core deterministic encoding): shortest integer and length
+forms, definite lengths, map keys sorted by their encoded bytes.  ``cbor2`` with
+``canonical=True`` produces exactly that; we pass it only the types below.
+
+Decoding untrusted bytes is where attacks live, so :func:`decode` is strict:
+
+* size bound on the whole input before anything is parsed;
+* no indefinite lengths, no duplicate map keys, bounded depth (cbor2 enforces these);
+* no tags, floats, ``undefined`` or simple values: the protocol never uses them;
+* the result re-encodes to the *same bytes* -- so non-shortest integers, unsorted keys and
+  every other non-deterministic form are refused, and one value has one encoding;
+* trailing bytes are refused.
+
+Every failure is a :class:`~protocol.errors.RemoteError`; nothing else escapes.
+
+The small ``Fields`` reader gives typed access to decoded maps with the protocol's error
+codes (``field_missing``, ``field_invalid``, ``field_unknown``), so format modules stay short.
+"""
+
+from __future__ import annotations
+
+import io
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, TypeAlias
+
+import cbor2
+
+from .errors import LocalError, RemoteError
+
+#: The CBOR values the protocol uses.
+Value: TypeAlias = (
+    "int | bytes | str | bool | None | list[Value] | dict[str, Value] | dict[int, Value]"
+)
+
+DEFAULT_MAX_SIZE: Final = 4 * 1024 * 1024
+DEFAULT_MAX_DEPTH: Final = 8
+
+
+def encode(value: Any) -> bytes:
+    """Deterministic CBOR encoding of ``value`` (RFC 8949 §4.2.1)."""
+    _check_encodable(value, 0)
+    return cbor2.dumps(value, canonical=True)
+
+
+def _check_encodable(value: Any, depth: int) -> None:
+    if depth > 32:
+        raise LocalError("value nested too deeply to encode")
+    if isinstance(value, bool) or value is None or isinstance(value, bytes | str):
+        return
+    if isinstance(value, int):
+        if not -(2**64) <= value < 2**64:
+            raise LocalError("integer out of CBOR major type 0/1 range")
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_encodable(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                raise LocalError(f"map key of type {type(key).__name__} is not allowed")
+            _check_encodable(item, depth + 1)
+        return
+    raise LocalError(f"type {type(value).__name__} is not part of the protocol's CBOR")
+
+
+def _refuse_tag(_decoder: Any, tag: Any) -> Any:
+    raise RemoteError("cbor_type_unsupported", f"CBOR tag {tag.tag} is not allowed")
+
+
+def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """Decode untrusted deterministic CBOR strictly; see the module docstring."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise LocalError("decode takes bytes")
+    data = bytes(data)
+    if len(data) > max_size:
+        raise RemoteError("cbor_too_large", f"{len(data)} bytes exceed the bound of {max_size}")
+    if not data:
+        raise RemoteError("cbor_malformed", "empty input")
+    stream = io.BytesIO(data)
+    try:
+        decoder = cbor2.CBORDecoder(
+            stream,
+            tag_hook=_refuse_tag,
+            max_depth=max_depth + 1,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+        )
+        value = decoder.decode()
+    except RemoteError:
+        raise
+    except cbor2.CBORDecodeError as exc:
+        raise _classify(exc) from None
+    except (ValueError, TypeError, OverflowError, MemoryError, RecursionError, UnicodeError) as exc:
+        # cbor2 lets a few of these through on hostile input (huge declared lengths,
+        # unhashable map keys); they are malformed input all the same.
+        raise RemoteError("cbor_malformed", type(exc).__name__) from None
+    if stream.tell() != len(data):
+        raise RemoteError("cbor_malformed", f"{len(data) - stream.tell()} trailing bytes")
+    _check_decoded(value, 0, max_depth)
+    if cbor2.dumps(value, canonical=True) != data:
+        raise RemoteError("cbor_not_canonical")
+    return value
+
+
+def _classify(exc: cbor2.CBORDecodeError) -> RemoteError:
+    text = str(exc)
+    lowered = text.lower()
+    if "depth" in lowered:
+        return RemoteError("cbor_too_deep", text)
+    if "duplicate" in lowered:
+        return RemoteError("cbor_duplicate_key", text)
+    if "indefinite" in lowered:
+        return RemoteError("cbor_not_canonical", text)
+    return RemoteError("cbor_malformed", text[:200])
+
+
+def _check_decoded(value: Any, depth: int, max_depth: int) -> None:
+    if depth > max_depth:
+        raise RemoteError("cbor_too_deep")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int | bytes | str):
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check_decoded(item, depth + 1, max_depth)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                raise RemoteError("cbor_type_unsupported", "map keys must be text or integers")
+            _check_decoded(item, depth + 1, max_depth)
+        return
+    raise RemoteError("cbor_type_unsupported", f"{type(value).__name__} values are not allowed")
+
+
+def check_text(value: str, *, name: str, max_len: int, multiline: bool = False) -> str:
+    """Accept only NFC text without control characters (tabs/newlines if ``multiline``)."""
+    if len(value) > max_len:
+        raise RemoteError("field_invalid", f"{name} is longer than {max_len} characters")
+    if unicodedata.normalize("NFC", value) != value:
+        raise RemoteError("text_invalid", f"{name} is not NFC-normalised")
+    for ch in value:
+        if unicodedata.category(ch) == "Cc" and not (multiline and ch in "\n\t"):
+            raise RemoteError("text_invalid", f"{name} holds a control character")
+    return value
+
+
+def nfc(value: str) -> str:
+    """NFC-normalise text before it is sealed: Vietnamese arrives in NFC and NFD alike."""
+    return unicodedata.normalize("NFC", value)
+
+
+class Fields:
+    """Typed, strict access to one decoded CBOR map of a known format."""
+
+    __slots__ = ("_map", "_seen", "where")
+
+    def __init__(self, value: Any, where: str) -> None:
+        if not isinstance(value, dict):
+            raise RemoteError("field_invalid", f"{where} must be a map")
+        self._map: Mapping[Any, Any] = value
+        self._seen: set[Any] = set()
+        self.where = where
+
+    def _get(self, key: str, optional: bool) -> Any:
+        self._seen.add(key)
+        if key not in self._map:
+            if optional:
+                return None
+            raise RemoteError("field_missing", f"{self.where}.{key} is missing")
+        return self._map[key]
+
+    def _bad(self, key: str, what: str) -> RemoteError:
+        return RemoteError("field_invalid", f"{self.where}.{key} must be {what}")
+
+    def integer(self, key: str, *, lo: int = 0, hi: int = 2**63 - 1) -> int:
+        value = self._get(key, False)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self._bad(key, f"an integer from {lo} to {hi}")
+        return value
+
+    def opt_integer(self, key: str, *, lo: int = 0, hi: int = 2**63 - 1) -> int | None:
+        if key not in self._map:
+            self._seen.add(key)
+            return None
+        return self.integer(key, lo=lo, hi=hi)
+
+    def blob(self, key: str, *, size: int | None = None, max_size: int = 1 << 20) -> bytes:
+        value = self._get(key, False)
+        if not isinstance(value, bytes):
+            raise self._bad(key, "a byte string")
+        if size is not None and len(value) != size:
+            raise self._bad(key, f"{size} bytes long")
+        if len(value) > max_size:
+            raise self._bad(key, f"at most {max_size} bytes long")
+        return value
+
+    def opt_blob(self, key: str, *, size: int | None = None) -> bytes | None:
+        if key not in self._map:
+            self._seen.add(key)
+            return None
+        return self.blob(key, size=size)
+
+    def text(self, key: str, *, max_len: int = 1024, multiline: bool = False) -> str:
+        value = self._get(key, False)
+        if not isinstance(value, str):
+            raise self._bad(key, "text")
+        return check_text(value, name=f"{self.where}.{key}", max_len=max_len, multiline=multiline)
+
+    def opt_text(self, key: str, *, max_len: int = 1024, multiline: bool = False) -> str | None:
+        if key not in self._map:
+            self._seen.add(key)
+            return None
+        return self.text(key, max_len=max_len, multiline=multiline)
+
+    def choice(self, key: str, options: Iterable[str]) -> str:
+        value = self.text(key, max_len=64)
+        allowed = tuple(options)
+        if value not in allowed:
+            raise self._bad(key, "one of " + ", ".join(allowed))
+        return value
+
+    def array(self, key: str, *, max_items: int, optional: bool = False) -> list[Any]:
+        value = self._get(key, optional)
+        if value is None and optional:
+            return []
+        if not isinstance(value, list):
+            raise self._bad(key, "an array")
+        if len(value) > max_items:
+            raise self._bad(key, f"an array of at most {max_items} items")
+        return value
+
+    def opt_map(self, key: str) -> Fields | None:
+        value = self._get(key, True)
+        if value is None:
+            return None
+        return Fields(value, f"{self.where}.{key}")
+
+    def map(self, key: str) -> Fields:
+        value = self._get(key, False)
+        return Fields(value, f"{self.where}.{key}")
+
+    def raw(self, key: str) -> Any:
+        return self._get(key, False)
+
+    def opt_raw(self, key: str) -> Any:
+        return self._get(key, True)
+
+    def done(self) -> None:
+        """Refuse fields the format does not define (no silent extension points)."""
+        extra = [k for k in self._map if k not in self._seen]
+        if extra:
+            raise RemoteError("field_unknown", f"{self.where} has unknown field {extra[0]!r}")
+
+
+def omit_none(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop absent optional fields: an absent field has exactly one encoding, no key."""
+    return {k: v for k, v in fields.items() if v is not None}
