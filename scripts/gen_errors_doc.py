@@ -1,0 +1,31 @@
+"""Write docs/errors.md from protocol.errors.CODES (a test keeps the two in step)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from protocol.errors import CODES
+
+HEADER = """# Error codes
+
+Every error a peer can cause carries one of these stable codes and an HTTP status hint. The
+hub answers with a JSON problem body `{"code": ..., "status": ..., "detail": ...}`; the node's
+command line prints the same code and a one-line explanation. Generated from
+`protocol/errors.py` by `python scripts/gen_errors_doc.py`.
+
+| code | HTTP | meaning |
+| --- | --- | --- |
+"""
+
+
+def render() -> str:
+    rows = [f"| `{c.code}` | {c.status} | {c.meaning} |" for c in CODES.values()]
+    return HEADER + "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    target = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+    if "--check" in sys.argv:
+        sys.exit(0 if target.read_text(encoding="utf-8") == render() else 1)
+    target.write_text(render(), encoding="utf-8")
