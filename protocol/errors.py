@@ -99,6 +99,21 @@ CODES: Final[dict[str, ErrorCode]] = _codes(
     ("secrecy_not_by_email", 403, "Classified documents never travel by e-mail."),
     ("route_not_allowed", 403, "The route from sender to recipient is not allowed by policy."),
     ("size_limit_exceeded", 413, "The packet exceeds a size limit of this deployment."),
+    # --- the hub's API ---------------------------------------------------------
+    ("request_invalid", 400, "The request is malformed: bad JSON, query or header."),
+    ("token_missing", 401, "The endpoint needs a bearer token."),
+    ("token_invalid", 401, "The bearer token is unknown, expired, or its key was revoked."),
+    ("challenge_invalid", 401, "The session challenge is unknown, expired or already used."),
+    ("enrolment_token_invalid", 401, "The enrolment token is unknown, expired or already used."),
+    ("role_forbidden", 403, "The caller's role may not use this endpoint or see this object."),
+    ("organ_unknown", 404, "No organ with this code is in the directory."),
+    ("recipient_unknown", 422, "A recipient organ is not in the directory."),
+    ("packet_unknown", 404, "No packet with this id is visible to the caller."),
+    ("body_unknown", 404, "No body with this digest is visible to the caller."),
+    ("packet_conflict", 409, "A packet with this id but other envelope bytes exists."),
+    ("body_not_expected", 409, "The packet's body is already stored, or no envelope awaits it."),
+    ("range_invalid", 416, "The requested byte range is outside the body."),
+    ("clock_skew", 422, "The envelope's creation time is too far from the hub's clock."),
 )
 
 
