@@ -30,7 +30,14 @@ from .errors import LocalError, RemoteError
 
 VERSION: Final = 1
 ENTRY_MAX: Final = 256 * 1024
-KINDS: Final = ("packet_accepted", "body_fetched", "receipt", "directory", "policy_refused", "email")
+KINDS: Final = (
+    "packet_accepted",
+    "body_fetched",
+    "receipt",
+    "directory",
+    "policy_refused",
+    "email",
+)
 
 _SCHEMA: Final[dict[str, dict[str, str]]] = {
     "packet_accepted": {
@@ -57,8 +64,19 @@ _SCHEMA: Final[dict[str, dict[str, str]]] = {
         "receipt": "blob",
     },
     "directory": {"organ": "text", "action": "text", "entry": "blob"},
-    "policy_refused": {"sender": "text", "code": "text", "packet_id": "id?", "envelope_digest": "digest?"},
-    "email": {"packet_id": "id", "organ": "text", "direction": "text", "state": "text", "attempt": "int"},
+    "policy_refused": {
+        "sender": "text",
+        "code": "text",
+        "packet_id": "id?",
+        "envelope_digest": "digest?",
+    },
+    "email": {
+        "packet_id": "id",
+        "organ": "text",
+        "direction": "text",
+        "state": "text",
+        "attempt": "int",
+    },
 }
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, TypeAlias
 
 import cbor2
@@ -32,7 +32,7 @@ from .errors import LocalError, RemoteError
 
 #: The CBOR values the protocol uses.
 Value: TypeAlias = (
-    "int | bytes | str | bool | None | list[Value] | dict[str, Value] | dict[int, Value]"
+    "int | bytes | str | bool | list[Value] | dict[str, Value] | dict[int, Value] | None"
 )
 
 DEFAULT_MAX_SIZE: Final = 4 * 1024 * 1024
@@ -71,7 +71,38 @@ def _refuse_tag(_decoder: Any, tag: Any) -> Any:
     raise RemoteError("cbor_type_unsupported", f"CBOR tag {tag.tag} is not allowed")
 
 
-def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+def _refuse_semantic(_decoder: Any, *_args: Any) -> Any:
+    raise RemoteError("cbor_type_unsupported", "CBOR tags are not allowed")
+
+
+class _NoSemanticTags(Mapping[int, Any]):
+    """A ``semantic_decoders`` map that claims every tag number, refusing each one.
+
+    ``tag_hook`` alone is not enough: cbor2 decodes the tags it knows (bignums, datetimes,
+    shared and string references ...) itself and never calls the hook for them, so a
+    bignum (tag 2) would decode to an int the canonical re-encoding reproduces exactly.
+    Claiming every tag refuses all of them as soon as the tag header is read.
+    """
+
+    def __getitem__(self, tag: int) -> Any:
+        return _refuse_semantic
+
+    def __contains__(self, tag: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_NO_SEMANTIC_TAGS: Final = _NoSemanticTags()
+
+
+def decode(
+    data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_depth: int = DEFAULT_MAX_DEPTH
+) -> Any:
     """Decode untrusted deterministic CBOR strictly; see the module docstring."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise LocalError("decode takes bytes")
@@ -85,6 +116,7 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_depth: int = DE
         decoder = cbor2.CBORDecoder(
             stream,
             tag_hook=_refuse_tag,
+            semantic_decoders=_NO_SEMANTIC_TAGS,
             max_depth=max_depth + 1,
             allow_indefinite=False,
             allow_duplicate_keys=False,
@@ -93,6 +125,8 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_depth: int = DE
     except RemoteError:
         raise
     except cbor2.CBORDecodeError as exc:
+        if isinstance(exc.__cause__, RemoteError):  # our refusal, wrapped by cbor2
+            raise exc.__cause__ from None
         raise _classify(exc) from None
     except (ValueError, TypeError, OverflowError, MemoryError, RecursionError, UnicodeError) as exc:
         # cbor2 lets a few of these through on hostile input (huge declared lengths,

@@ -16,9 +16,9 @@ Times are integer Unix seconds, UTC.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from . import signed
 from .codec import Fields, encode, omit_none
@@ -40,6 +40,8 @@ ROLES: Final = ("office", "auditor", "admin")
 TRANSPORTS: Final = ("http", "email")
 ENTRY_MAX: Final = 64 * 1024
 FOREVER: Final = 2**62
+
+_PublicKey = TypeVar("_PublicKey", SigningPublicKey, EncryptionPublicKey)
 
 
 def check_organ_code(code: Any) -> str:
@@ -155,17 +157,23 @@ class DirectoryEntry:
         parent_raw = f.opt_text("parent", max_len=ORGAN_CODE_MAX)
         parent = check_organ_code(parent_raw) if parent_raw is not None else None
         sign = tuple(
-            KeyRecord.from_cbor(v, "entry.sign[]", SIGNING_ALGS) for v in f.array("sign", max_items=16)
+            KeyRecord.from_cbor(v, "entry.sign[]", SIGNING_ALGS)
+            for v in f.array("sign", max_items=16)
         )
         enc = tuple(
-            KeyRecord.from_cbor(v, "entry.enc[]", ENCRYPTION_ALGS) for v in f.array("enc", max_items=16)
+            KeyRecord.from_cbor(v, "entry.enc[]", ENCRYPTION_ALGS)
+            for v in f.array("enc", max_items=16)
         )
         email = f.opt_text("email", max_len=254)
         transports = tuple(f.array("transports", max_items=2))
-        if not transports or any(t not in TRANSPORTS for t in transports) or len(set(transports)) != len(
-            transports
+        if (
+            not transports
+            or any(t not in TRANSPORTS for t in transports)
+            or len(set(transports)) != len(transports)
         ):
-            raise RemoteError("field_invalid", "entry.transports must name http and/or email once each")
+            raise RemoteError(
+                "field_invalid", "entry.transports must name http and/or email once each"
+            )
         valid_from = f.integer("from")
         valid_until = f.opt_integer("until")
         successor_raw = f.opt_text("successor", max_len=ORGAN_CODE_MAX)
@@ -217,7 +225,12 @@ class DirectoryEntry:
                 return rec.alg, rec.pub
         raise RemoteError("key_unknown", f"key {kid.hex()[:16]} is not a key of {self.organ}")
 
-    def _current(self, records: tuple[KeyRecord, ...], at: int, load: Any) -> Any:
+    def _current(
+        self,
+        records: tuple[KeyRecord, ...],
+        at: int,
+        load: Callable[[str, bytes], _PublicKey],
+    ) -> _PublicKey:
         usable = []
         for rec in records:
             try:
@@ -247,7 +260,9 @@ def sign_entry(entry: DirectoryEntry, authority: SigningPrivateKey) -> bytes:
     return signed.sign(authority, signed.CTX_DIRECTORY, encode(entry.to_cbor()))
 
 
-def verify_entry(data: bytes, authority: SigningPublicKey, *, organ: str | None = None) -> SignedEntry:
+def verify_entry(
+    data: bytes, authority: SigningPublicKey, *, organ: str | None = None
+) -> SignedEntry:
     """Parse and verify a signed entry against the pinned authority key."""
     from .codec import decode
 

@@ -108,7 +108,9 @@ class SigningPublicKey:
         needed = {"ed25519"} if self._ml is None else {"ed25519", "mldsa65"}
         extra = set(signatures) - needed
         if extra:
-            raise RemoteError("signature_unexpected", f"unexpected signature {sorted(map(str, extra))[0]}")
+            raise RemoteError(
+                "signature_unexpected", f"unexpected signature {sorted(map(str, extra))[0]}"
+            )
         missing = needed - set(signatures)
         if missing:
             code = "hybrid_signature_missing" if self._ml is not None else "signature_invalid"
@@ -120,7 +122,9 @@ class SigningPublicKey:
         try:
             self._ed.verify(ed_sig, data)
         except InvalidSignature:
-            raise RemoteError("signature_invalid", "the Ed25519 signature does not verify") from None
+            raise RemoteError(
+                "signature_invalid", "the Ed25519 signature does not verify"
+            ) from None
         if self._ml is not None:
             ml_sig = signatures["mldsa65"]
             if not isinstance(ml_sig, bytes):
@@ -128,7 +132,9 @@ class SigningPublicKey:
             try:
                 self._ml.verify(ml_sig, data)
             except (InvalidSignature, ValueError):
-                raise RemoteError("signature_invalid", "the ML-DSA-65 signature does not verify") from None
+                raise RemoteError(
+                    "signature_invalid", "the ML-DSA-65 signature does not verify"
+                ) from None
 
     def to_cbor(self) -> dict[str, Any]:
         return {"alg": self.alg, "pub": self.raw}
@@ -145,7 +151,9 @@ class SigningPrivateKey:
     @classmethod
     def generate(cls, *, hybrid: bool = False) -> SigningPrivateKey:
         if hybrid:
-            return cls(SIG_HYBRID, ed25519.Ed25519PrivateKey.generate(), mldsa.MLDSA65PrivateKey.generate())
+            return cls(
+                SIG_HYBRID, ed25519.Ed25519PrivateKey.generate(), mldsa.MLDSA65PrivateKey.generate()
+            )
         return cls(SIG_ED25519, ed25519.Ed25519PrivateKey.generate(), None)
 
     @classmethod
@@ -244,10 +252,14 @@ class EncryptionPrivateKey:
     @classmethod
     def _classic(cls, xk: x25519.X25519PrivateKey) -> EncryptionPrivateKey:
         pub = xk.public_key().public_bytes_raw()
-        return cls(ENC_X25519, xk.private_bytes_raw(), xk, EncryptionPublicKey.from_raw(ENC_X25519, pub))
+        return cls(
+            ENC_X25519, xk.private_bytes_raw(), xk, EncryptionPublicKey.from_raw(ENC_X25519, pub)
+        )
 
     @classmethod
-    def _hybrid(cls, ml: mlkem.MLKEM768PrivateKey, xk: x25519.X25519PrivateKey) -> EncryptionPrivateKey:
+    def _hybrid(
+        cls, ml: mlkem.MLKEM768PrivateKey, xk: x25519.X25519PrivateKey
+    ) -> EncryptionPrivateKey:
         raw = ml.public_key().public_bytes_raw() + xk.public_key().public_bytes_raw()
         return cls(
             ENC_HYBRID,
@@ -280,5 +292,5 @@ class EncryptionPrivateKey:
     def unwrap(self, wrapped: bytes, info: bytes) -> bytes:
         try:
             return bytes(_SUITES[self.alg].decrypt(wrapped, self._key, info=info))
-        except Exception:  # noqa: BLE001 - any failure of HPKE open is the same remote fault
+        except Exception:  # any failure of HPKE open is the same remote fault
             raise RemoteError("key_unwrap_failed") from None

@@ -62,6 +62,7 @@ URGENCY_MAX: Final = 4
 SECRECY_MAX: Final = 3
 _DATE_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 _META_NONCE: Final = bytes(12)
+_META_MAX: Final = 1 << 20
 
 
 # --- clear routing fields and encrypted metadata -------------------------------------
@@ -83,7 +84,14 @@ class Reference:
     date: str | None = None
 
     def to_cbor(self) -> dict[str, Any]:
-        return omit_none({"type": self.doc_type, "number": self.number, "notation": self.notation, "date": self.date})
+        return omit_none(
+            {
+                "type": self.doc_type,
+                "number": self.number,
+                "notation": self.notation,
+                "date": self.date,
+            }
+        )
 
     @classmethod
     def from_cbor(cls, value: Any) -> Reference:
@@ -115,9 +123,14 @@ class Routing:
         if not 0 <= self.secrecy <= SECRECY_MAX:
             raise RemoteError("field_invalid", "secrecy must be 0-3")
         if self.reference is not None and self.secrecy != 0:
-            raise RemoteError("routing_invalid", "a clear reference is allowed on unclassified packets only")
+            raise RemoteError(
+                "routing_invalid", "a clear reference is allowed on unclassified packets only"
+            )
         if (kind == "document") != (self.target is None):
-            raise RemoteError("routing_invalid", "recall, update and replace name a target packet; documents do not")
+            raise RemoteError(
+                "routing_invalid",
+                "recall, update and replace name a target packet; documents do not",
+            )
         _check_date(self.due, "route.due")
 
     def to_cbor(self) -> dict[str, Any]:
@@ -164,7 +177,12 @@ class FileInfo:
     sha256: bytes
 
     def to_cbor(self) -> dict[str, Any]:
-        return {"name": self.name, "media": self.media_type, "size": self.size, "sha256": self.sha256}
+        return {
+            "name": self.name,
+            "media": self.media_type,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
 
     @classmethod
     def from_cbor(cls, value: Any) -> FileInfo:
@@ -277,7 +295,9 @@ def chunk_count(ct_size: int, chunk: int) -> int:
     n = max(1, -(-ct_size // full))
     last = ct_size - (n - 1) * full
     if last < TAG or (last == TAG and n > 1):
-        raise RemoteError("body_size_mismatch", f"{ct_size} is not a valid ciphertext size for chunks of {chunk}")
+        raise RemoteError(
+            "body_size_mismatch", f"{ct_size} is not a valid ciphertext size for chunks of {chunk}"
+        )
     return n
 
 
@@ -313,7 +333,9 @@ class Envelope:
     def stanza(self, organ: str) -> Stanza:
         found = self._index.get(organ)
         if found is None:
-            raise RemoteError("recipient_not_addressed", f"{organ} is not a recipient of this packet")
+            raise RemoteError(
+                "recipient_not_addressed", f"{organ} is not a recipient of this packet"
+            )
         return found
 
     def verify_sender(self, entry: DirectoryEntry, *, at: int | None = None) -> None:
@@ -324,7 +346,9 @@ class Envelope:
         """
         when = self.created_at if at is None else at
         if entry.organ != self.sender:
-            raise RemoteError("organ_mismatch", f"entry is for {entry.organ}, the sender is {self.sender}")
+            raise RemoteError(
+                "organ_mismatch", f"entry is for {entry.organ}, the sender is {self.sender}"
+            )
         entry.check_valid(when)
         key = entry.signing_key(self.sender_kid, when)
         key.verify(signed.CTX_ENVELOPE, self.body, self.signatures)
@@ -429,7 +453,10 @@ class _Keys:
 
 def _derive(cek: bytes, packet_id: bytes) -> _Keys:
     okm = HKDF(
-        algorithm=hashes.SHA256(), length=96, salt=b"lienthong/v1 packet\x00" + packet_id, info=b"body|meta|commit"
+        algorithm=hashes.SHA256(),
+        length=96,
+        salt=b"lienthong/v1 packet\x00" + packet_id,
+        info=b"body|meta|commit",
     ).derive(cek)
     return _Keys(AESGCM(okm[:32]), AESGCM(okm[32:64]), okm[64:])
 
@@ -482,6 +509,7 @@ def _chunk_out(
     finally:
         mv.release()
 
+
 # --- sealing -------------------------------------------------------------------------
 
 
@@ -526,19 +554,29 @@ class Sealer:
         if len({r.organ for r in recipients}) != len(recipients):
             raise LocalError("a recipient organ is named twice")
         self._routing = routing or Routing()
+        self._metadata = metadata.normalised()
         try:
             self._routing.check(kind)
+            # Refuse now what the hub or every recipient would refuse later: a sealer must
+            # never sign a packet its own parser rejects (field lengths, dates, NFC ...).
+            Routing.from_cbor(self._routing.to_cbor())
+            DocumentMetadata.from_cbor(replace(self._metadata, files=()).to_cbor())
         except RemoteError as exc:
             raise LocalError(str(exc)) from None
         self._sender = sender
         self._signing_key = signing_key
         self._recipients = sorted(recipients, key=lambda r: r.organ)
-        self._metadata = metadata.normalised()
         self._kind = kind
         self._chunk = chunk_size
         self.packet_id = packet_id or new_packet_id()
         self._created = int(time.time()) if created_at is None else created_at
         self._cek = cek if cek is not None else os.urandom(CEK_SIZE)
+        try:
+            check_packet_id(self.packet_id)
+        except RemoteError as exc:
+            raise LocalError(str(exc)) from None
+        if self._created < 0 or len(self._cek) != CEK_SIZE:
+            raise LocalError("created_at must be Unix seconds and the CEK 32 bytes")
         self._keys = _derive(self._cek, self.packet_id)
         self._buf = bytearray()
         self._counter = 0
@@ -557,13 +595,18 @@ class Sealer:
         name = nfc(name)
         try:
             check_file_name(name)
+            check_text(media_type, name="media type", max_len=127)
         except RemoteError as exc:
             raise LocalError(str(exc)) from None
+        if len(self._files) >= MAX_FILES:
+            raise LocalError(f"a packet holds at most {MAX_FILES} files")
         self._file = (name, media_type)
 
     def _close_file(self) -> None:
         if self._file is not None:
-            self._files.append(FileInfo(self._file[0], self._file[1], self._file_size, self._file_hash.digest()))
+            self._files.append(
+                FileInfo(self._file[0], self._file[1], self._file_size, self._file_hash.digest())
+            )
             self._file = None
             self._file_hash = hashlib.sha256()
             self._file_size = 0
@@ -604,7 +647,10 @@ class Sealer:
         self._ct_hash.update(last)
         self._ct_size += len(last)
         meta = replace(self._metadata, files=tuple(self._files))
-        meta_ct = self._keys.meta.encrypt(_META_NONCE, encode(meta.to_cbor()), self.packet_id)
+        meta_pt = encode(meta.to_cbor())
+        if len(meta_pt) + TAG > _META_MAX:
+            raise LocalError(f"the metadata exceeds {_META_MAX} bytes once encrypted")
+        meta_ct = self._keys.meta.encrypt(_META_NONCE, meta_pt, self.packet_id)
         body = {
             "v": VERSION,
             "id": self.packet_id,
@@ -621,7 +667,12 @@ class Sealer:
             ],
             "route": self._routing.to_cbor(),
             "meta": meta_ct,
-            "body": {"size": self._ct_size, "chunk": self._chunk, "suite": SUITE, "sha256": self._ct_hash.digest()},
+            "body": {
+                "size": self._ct_size,
+                "chunk": self._chunk,
+                "suite": SUITE,
+                "sha256": self._ct_hash.digest(),
+            },
             "commit": self._keys.commitment,
         }
         return last, signed.sign(self._signing_key, signed.CTX_ENVELOPE, encode(body))
@@ -669,7 +720,9 @@ class Opener:
     def __init__(self, envelope: Envelope, *, organ: str, key: EncryptionPrivateKey) -> None:
         stanza = envelope.stanza(organ)
         if stanza.kid != key.kid:
-            raise RemoteError("recipient_not_addressed", f"packet is sealed to another key of {organ}")
+            raise RemoteError(
+                "recipient_not_addressed", f"packet is sealed to another key of {organ}"
+            )
         cek = key.unwrap(stanza.wrapped, wrap_info(envelope.packet_id, organ, stanza.kid))
         if len(cek) != CEK_SIZE:
             raise RemoteError("key_unwrap_failed", "content key has the wrong size")
@@ -702,7 +755,9 @@ class Opener:
         files = self.metadata.files
         while self._file_left == 0 and self._file_index < len(files):
             if not hmac.compare_digest(self._file_hash.digest(), files[self._file_index].sha256):
-                raise RemoteError("file_digest_mismatch", f"file {self._file_index} SHA-256 differs")
+                raise RemoteError(
+                    "file_digest_mismatch", f"file {self._file_index} SHA-256 differs"
+                )
             self._file_index += 1
             self._file_hash = hashlib.sha256()
             if self._file_index < len(files):
@@ -748,7 +803,9 @@ class Opener:
             raise LocalError("opener already finished")
         self._done = True
         if self._verifier.received < self._info.size:
-            raise RemoteError("truncated_body", f"{self._verifier.received} of {self._info.size} bytes")
+            raise RemoteError(
+                "truncated_body", f"{self._verifier.received} of {self._info.size} bytes"
+            )
         out: list[tuple[int, bytes]] = []
         self._split(self._open_chunk(bytes(self._buf), True), out)
         self._buf.clear()

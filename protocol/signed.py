@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+
 from .codec import Fields, decode, encode
 from .errors import RemoteError
 from .keys import SigningPrivateKey, SigningPublicKey
@@ -61,4 +62,3 @@ def parse(data: bytes, *, max_size: int, where: str) -> Signed:
     sig_fields.done()
     f.done()
     return Signed(body, sigs, bytes(data))
-

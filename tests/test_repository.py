@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_error_code_is_documented() -> None:
     doc = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
     for code in CODES.values():
-        assert f"| `{code.code}` | {code.status} |" in doc, f"{code.code} missing from docs/errors.md"
+        assert f"| `{code.code}` | {code.status} |" in doc, (
+            f"{code.code} missing from docs/errors.md"
+        )
 
 
 def test_unregistered_code_is_a_local_error() -> None:
@@ -39,7 +41,10 @@ def _imports(package: str) -> set[str]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("protocol", {"hub", "nodes", "aiohttp", "sqlalchemy", "asyncio", "asyncpg", "aiosqlite", "socket"}),
+        (
+            "protocol",
+            {"hub", "nodes", "aiohttp", "sqlalchemy", "asyncio", "asyncpg", "aiosqlite", "socket"},
+        ),
         ("hub", {"nodes"}),
         ("nodes", {"hub"}),
     ],
