@@ -112,7 +112,13 @@ def _b64encode(raw: bytes) -> str:
 
 def _valid_key_name(name: str) -> bool:
     """Key names are non-empty, without Unicode spaces or '+' (signed-note §Format)."""
-    return bool(name) and "+" not in name and not any(c.isspace() for c in name)
+    if not name or "+" in name or any(c.isspace() or c < " " for c in name):
+        return False
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form
+        return False
+    return True
 
 
 def _key_hash(name: str, sig_type: int, public_key: bytes) -> bytes:
@@ -140,6 +146,10 @@ class Checkpoint:
             raise LocalError("checkpoint root hash must be 32 bytes")
         if any(not line or _has_control(line) for line in self.extensions):
             raise LocalError("checkpoint extension lines must be non-empty single lines")
+        try:
+            self.body()
+        except UnicodeEncodeError:
+            raise LocalError("checkpoint text has characters with no UTF-8 form") from None
 
     def body(self) -> bytes:
         """The note text: every line newline-terminated, the last one included."""

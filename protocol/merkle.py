@@ -53,9 +53,8 @@ MAX_TREE_SIZE: Final = (1 << 64) - 1
 #: Root of the empty tree: SHA-256 of the empty string (RFC 6962 §2.1).
 EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 
-# A proof for a uint64-sized tree never needs more hashes than this (inclusion: at most 64,
-# consistency: at most 64 plus the old root's own subtree); a longer one is rejected before
-# any per-element work so a peer cannot make us iterate a huge list.
+# Proofs in a uint64-sized tree hold at most about 64 hashes.  Anything past this generous
+# bound is refused before any per-element work, so a peer cannot make us walk a huge list.
 _MAX_PROOF_LEN: Final = 2 * 64
 
 _sha256 = hashlib.sha256
