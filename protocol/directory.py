@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from . import signed
-from .codec import Fields, encode, omit_none
-from .errors import RemoteError
+from .codec import Fields, decode, encode, omit_none
+from .errors import LocalError, RemoteError
 from .keys import (
     ENCRYPTION_ALGS,
     KID_SIZE,
@@ -256,16 +256,20 @@ class SignedEntry:
 def sign_entry(entry: DirectoryEntry, authority: SigningPrivateKey) -> bytes:
     """Sign an entry with the directory authority key; returns the container bytes."""
     if entry.authority_kid != authority.kid:
-        raise RemoteError("organ_mismatch", "entry names another authority key")
-    return signed.sign(authority, signed.CTX_DIRECTORY, encode(entry.to_cbor()))
+        raise LocalError("entry names another authority key")
+    body = encode(entry.to_cbor())
+    try:
+        # Never sign what no node could verify (an NFD name, a bad level label ...).
+        DirectoryEntry.from_cbor(decode(body, max_size=ENTRY_MAX))
+    except RemoteError as exc:
+        raise LocalError(str(exc)) from None
+    return signed.sign(authority, signed.CTX_DIRECTORY, body)
 
 
 def verify_entry(
     data: bytes, authority: SigningPublicKey, *, organ: str | None = None
 ) -> SignedEntry:
     """Parse and verify a signed entry against the pinned authority key."""
-    from .codec import decode
-
     container = signed.parse(data, max_size=ENTRY_MAX, where="directory entry")
     entry = DirectoryEntry.from_cbor(decode(container.body, max_size=ENTRY_MAX))
     if entry.authority_kid != authority.kid:

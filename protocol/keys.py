@@ -228,7 +228,12 @@ class EncryptionPublicKey:
 
     def wrap(self, secret: bytes, info: bytes) -> bytes:
         """HPKE single-shot seal of ``secret``: encapsulated key followed by ciphertext."""
-        return bytes(_SUITES[self.alg].encrypt(secret, self._key, info=info))
+        try:
+            return bytes(_SUITES[self.alg].encrypt(secret, self._key, info=info))
+        except ValueError:
+            # A low-order X25519 point parses but gives an all-zero shared secret, which
+            # the DH refuses: the recipient's published key is unusable.
+            raise RemoteError("key_invalid", f"{self.alg} public key is unusable") from None
 
     def to_cbor(self) -> dict[str, Any]:
         return {"alg": self.alg, "pub": self.raw}

@@ -21,6 +21,7 @@ CTX_DIRECTORY = b"lienthong/v1 directory entry"
 CTX_RECEIPT = b"lienthong/v1 receipt"
 CTX_HUB_RECEIPT = b"lienthong/v1 hub receipt"
 CTX_SESSION = b"lienthong/v1 session challenge"
+CTX_ENROL = b"lienthong/v1 enrolment"
 
 _SIG_MAX = 8 * 1024
 
