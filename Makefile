@@ -1,4 +1,5 @@
 # Lienthong — every command sets up what it needs on a fresh machine.
+#   make demo            a hub and four offices as real processes, end to end (< 1 min)
 #   make test            virtualenv, dependencies, PostgreSQL, lint, types, import rules, tests
 #   make bench-protocol  protocol benchmark (one JSON object)
 #   make fuzz            every atheris harness for FUZZ_SECONDS each
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 export LIENTHONG_TEST_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 
-.PHONY: install test lint typecheck imports pytest postgres bench-protocol fuzz clean
+.PHONY: install demo test lint typecheck imports pytest postgres bench-protocol fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+demo: install
+	$(BIN)/python scripts/demo.py
 
 postgres:
 	bash scripts/ensure-postgres.sh

@@ -2,6 +2,11 @@
 
 One code path for both back ends: SQLite through aiosqlite (the embedded default, a file in
 the data folder) and PostgreSQL through asyncpg (production and the test suite).
+
+SQLite transactions start with ``BEGIN IMMEDIATE``: a deferred transaction that reads and
+then writes can fail at once with "database is locked" when another connection (another
+request, or a CLI command next to ``serve``) holds the lock, since SQLite cannot wait on a
+read-to-write upgrade.  Taking the write lock up front lets the busy timeout do its job.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import MetaData, event
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -41,11 +47,16 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves, below
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_size", 10)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from protocol.codec import Fields, decode, encode
+from protocol.errors import LienthongError
 from protocol.keys import EncryptionPrivateKey, SigningPrivateKey, SigningPublicKey
 
 FORMAT: Final = "lienthong-keystore-v1"
@@ -40,6 +41,16 @@ class KeystoreError(Exception):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+def _kdf(salt: bytes, params: dict[str, int]) -> Argon2id:
+    return Argon2id(
+        salt=salt,
+        length=32,
+        iterations=params["iterations"],
+        lanes=params["lanes"],
+        memory_cost=params["memory_cost"],
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -105,7 +116,7 @@ class Keystore:
         nonce = os.urandom(12)
         public = self._public_part()
         aad = json.dumps(public, sort_keys=True, ensure_ascii=False).encode()
-        key = Argon2id(salt=salt, length=32, **KDF_PARAMS).derive(passphrase)
+        key = _kdf(salt, KDF_PARAMS).derive(passphrase)
         doc = {
             **public,
             "kdf": {"name": "argon2id", "salt": _b64(salt), **KDF_PARAMS},
@@ -127,17 +138,22 @@ class Keystore:
 
     @classmethod
     def load(cls, path: Path, passphrase: bytes) -> Keystore:
+        """Decrypt the keystore at ``path``; refuses a file others can read."""
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            mode = path.stat().st_mode
         except FileNotFoundError:
             raise KeystoreError("keystore_missing", f"no keystore at {path}") from None
+        if mode & 0o077:
+            raise KeystoreError(
+                "keystore_permissions", f"{path} must be readable by its owner only (chmod 600)"
+            )
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeError):
             raise KeystoreError("keystore_damaged", "the keystore is not valid JSON") from None
-        if path.stat().st_mode & 0o077:
-            raise KeystoreError("keystore_permissions", f"{path} must be readable by its owner only (chmod 600)")
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise KeystoreError("keystore_damaged", "not a Lienthong keystore")
         try:
-            if doc.get("format") != FORMAT:
-                raise KeystoreError("keystore_damaged", "not a Lienthong keystore")
             public = {k: doc[k] for k in ("format", "organ", "hub_url", "authority", "extra")}
             if "hub_key" in doc:
                 public["hub_key"] = doc["hub_key"]
@@ -145,30 +161,47 @@ class Keystore:
             kdf = doc["kdf"]
             if kdf["name"] != "argon2id":
                 raise KeystoreError("keystore_damaged", f"unknown KDF {kdf['name']!r}")
-            key = Argon2id(
-                salt=_unb64(kdf["salt"]),
-                length=32,
-                iterations=int(kdf["iterations"]),
-                lanes=int(kdf["lanes"]),
-                memory_cost=int(kdf["memory_cost"]),
-            ).derive(passphrase)
+            params = {k: int(kdf[k]) for k in ("iterations", "lanes", "memory_cost")}
+            if not (1 <= params["iterations"] <= 16 and 1 <= params["lanes"] <= 16):
+                raise KeystoreError("keystore_damaged", "implausible KDF parameters")
+            if not 8 * 1024 <= params["memory_cost"] <= 4 * 1024 * 1024:
+                raise KeystoreError("keystore_damaged", "implausible KDF memory cost")
+            key = _kdf(_unb64(kdf["salt"]), params).derive(passphrase)
             secret = AESGCM(key).decrypt(_unb64(doc["nonce"]), _unb64(doc["secret"]), aad)
         except InvalidTag:
-            raise KeystoreError("passphrase_wrong", "wrong passphrase, or the keystore was altered") from None
+            raise KeystoreError(
+                "passphrase_wrong", "wrong passphrase, or the keystore was altered"
+            ) from None
         except (KeyError, TypeError, ValueError) as exc:
             raise KeystoreError("keystore_damaged", f"keystore field: {exc}") from None
-        f = Fields(decode(secret), "keystore")
-        signing = [SigningPrivateKey.from_private_bytes(k["alg"], k["priv"]) for k in f.array("sign", max_items=64)]
-        enc = [EncryptionPrivateKey.from_private_bytes(k["alg"], k["priv"]) for k in f.array("enc", max_items=64)]
-        hub_key = None
-        if "hub_key" in doc:
-            hub_key = SigningPublicKey.from_raw(doc["hub_key"]["alg"], _unb64(doc["hub_key"]["pub"]))
-        return cls(
-            organ=doc["organ"],
-            hub_url=doc["hub_url"],
-            authority=SigningPublicKey.from_raw(doc["authority"]["alg"], _unb64(doc["authority"]["pub"])),
-            signing_keys=signing,
-            encryption_keys=enc,
-            hub_key=hub_key,
-            extra=dict(doc.get("extra", {})),
-        )
+        try:
+            f = Fields(decode(secret), "keystore")
+            signing = [
+                SigningPrivateKey.from_private_bytes(k["alg"], k["priv"])
+                for k in f.array("sign", max_items=64)
+            ]
+            enc = [
+                EncryptionPrivateKey.from_private_bytes(k["alg"], k["priv"])
+                for k in f.array("enc", max_items=64)
+            ]
+            hub_key = None
+            if "hub_key" in doc:
+                hub_key = SigningPublicKey.from_raw(
+                    doc["hub_key"]["alg"], _unb64(doc["hub_key"]["pub"])
+                )
+            store = cls(
+                organ=doc["organ"],
+                hub_url=doc["hub_url"],
+                authority=SigningPublicKey.from_raw(
+                    doc["authority"]["alg"], _unb64(doc["authority"]["pub"])
+                ),
+                signing_keys=signing,
+                encryption_keys=enc,
+                hub_key=hub_key,
+                extra=dict(doc.get("extra", {})),
+            )
+        except (LienthongError, KeyError, TypeError, ValueError) as exc:
+            raise KeystoreError("keystore_damaged", f"keystore contents: {exc}") from None
+        if not store.signing_keys or not store.encryption_keys:
+            raise KeystoreError("keystore_damaged", "the keystore holds no keys")
+        return store

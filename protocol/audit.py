@@ -10,7 +10,7 @@ auditor verifies the office's own signature, not the hub's word.
 Kinds and their fields (all entries also have ``v``, ``kind`` and ``at``):
 
 ``packet_accepted``  packet_id, envelope_digest, sender, recipients (list of organ codes),
-                     kind (document/recall/update/replace), urgency, secrecy, due?,
+                     packet_kind (document/recall/update/replace), urgency, secrecy, due?,
                      created, body_size, body_sha256, transport, target?
 ``body_fetched``     packet_id, envelope_digest, organ
 ``receipt``          packet_id, envelope_digest, organ, status, receipt (signed bytes)
@@ -45,7 +45,8 @@ _SCHEMA: Final[dict[str, dict[str, str]]] = {
         "envelope_digest": "digest",
         "sender": "text",
         "recipients": "texts",
-        "kind": "text",
+        # Not "kind": that key names the entry's own kind.
+        "packet_kind": "text",
         "urgency": "int",
         "secrecy": "int",
         "due": "text?",
@@ -88,7 +89,7 @@ class Event:
     raw: bytes
 
 
-def encode_event(kind: str, at: int, **fields: Any) -> bytes:
+def encode_event(kind: str, at: int, /, **fields: Any) -> bytes:
     """Encode one entry; refuses fields the kind does not define (a local bug)."""
     schema = _SCHEMA.get(kind)
     if schema is None:

@@ -2,8 +2,10 @@
 
 Appending is cheap and transactional: :func:`append_event` inserts the encoded entry
 into ``log_pending`` inside the caller's transaction, so an event is logged exactly when
-the change it records commits.  A single sequencer (see ``sequencer.py``) later assigns
-indexes in batches, stores the tree's hashes and signs a checkpoint.
+the change it records commits.  A single sequencer (``sequencer.py``) later assigns
+indexes in batches, stores the tree's hashes and signs a checkpoint; ``store.py`` reads
+entries, proofs and per-packet bundles back; ``routes.py`` serves them under ``/v1/log``;
+``app.py`` wires routes and the sequencer task into the application.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from protocol.audit import encode_event
 from .models import LogPending
 
 
-async def append_event(session: AsyncSession, kind: str, at: int, **fields: Any) -> None:
-    """Queue one audit event in the caller's transaction (ids and digests only)."""
-    session.add(LogPending(data=encode_event(kind, at, **fields)))
+async def append_event(session: AsyncSession, kind: str, at: int, /, **fields: Any) -> None:
+    """Queue one audit event in the caller's transaction (ids and digests only).
+
+    ``kind`` and ``at`` are positional-only: ``packet_accepted`` events have a field
+    named ``kind`` (document, recall ...) of their own.
+    """
+    packet_id = fields.get("packet_id")
+    session.add(
+        LogPending(
+            data=encode_event(kind, at, **fields),
+            packet_id=packet_id if isinstance(packet_id, bytes) else None,
+        )
+    )

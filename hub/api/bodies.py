@@ -1,0 +1,92 @@
+"""Body download by digest, with ``Range`` for resumed transfers.
+
+Only the packet's sender and its addressed recipients may download a body (auditors
+never).  A recipient's download that delivers the last byte -- a whole body, or the final
+range of a resumed one -- records ``fetched`` once (see :func:`hub.deliveries.record_fetch`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from aiohttp import web
+
+from protocol.errors import RemoteError
+
+from .. import deliveries
+from ..context import hub_of
+from .common import REQUEST_ID, hexdecode, require
+
+routes = web.RouteTableDef()
+CHUNK: Final = 256 * 1024
+_RANGE: Final = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, end exclusive)`` of a single ``bytes=`` range, or None for the whole."""
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or (not match.group(1) and not match.group(2)):
+        raise RemoteError("range_invalid", "only a single bytes=START-END range is supported")
+    first, last = match.group(1), match.group(2)
+    if not first:  # the last N bytes
+        suffix = int(last)
+        if suffix == 0:
+            raise RemoteError("range_invalid", "an empty suffix range")
+        return max(0, size - suffix), size
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size or end <= start:
+        raise RemoteError("range_invalid", f"the body has {size} bytes")
+    return start, end
+
+
+@routes.get("/v1/bodies/{digest}", allow_head=False)
+async def download(request: web.Request) -> web.StreamResponse:
+    caller = await require(request, "office")
+    hub = hub_of(request)
+    digest = hexdecode(request.match_info["digest"], "digest", 32)
+    as_recipient, as_sender = await deliveries.readable_packets(hub, caller, digest)
+    if not as_recipient and not as_sender:
+        raise RemoteError("body_unknown")
+    size = await hub.blocking(hub.blobs.size, digest)
+    if size is None:
+        raise RemoteError("body_unknown", "the body is no longer stored")
+    try:
+        wanted = parse_range(request.headers.get("Range"), size)
+    except RemoteError as exc:
+        return web.json_response(
+            exc.to_problem(),
+            status=exc.status,
+            content_type="application/problem+json",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    start, end = wanted if wanted is not None else (0, size)
+    response = web.StreamResponse(status=206 if wanted is not None else 200)
+    response.content_type = "application/octet-stream"
+    response.content_length = end - start
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["ETag"] = f'"{digest.hex()}"'
+    response.headers["X-Request-Id"] = request.get(REQUEST_ID, "")
+    if wanted is not None:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    fh = await hub.blocking(hub.blobs.open, digest)
+    try:
+        await response.prepare(request)
+        await hub.blocking(fh.seek, start)
+        left = end - start
+        while left > 0:
+            chunk = await hub.blocking(fh.read, min(CHUNK, left))
+            if not chunk:
+                raise ConnectionResetError("the blob is shorter than recorded")
+            await response.write(chunk)
+            left -= len(chunk)
+        await response.write_eof()
+    finally:
+        await hub.blocking(fh.close)
+    hub.metrics.body_bytes.labels("out").inc(end - start)
+    if end == size and as_recipient:
+        await deliveries.record_fetch(hub, caller.organ, as_recipient)
+    return response

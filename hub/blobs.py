@@ -1,0 +1,243 @@
+"""Content-addressed blob store for packet bodies.
+
+A blob lives at ``<root>/ab/cd/abcd...`` (its SHA-256 in hex, two levels of fan-out).
+Writing goes to a temp file under ``<root>/tmp`` -- the same file system, so the final
+``rename`` is atomic -- with the digest computed on the way; :meth:`BlobWriter.commit`
+fsyncs the file, renames it into place and fsyncs the directory.  A blob is therefore
+either absent or complete: a crash mid-upload leaves only a temp file, swept later.
+Nothing here holds a whole body in memory.
+
+:meth:`BlobStore.put_many` stores many small bodies (the batch endpoint) with one
+durability barrier for all of them instead of two fsyncs each: write every temp file,
+``syncfs`` the file system, rename them all, ``syncfs`` again.
+
+When a blob of the same digest already exists (two packets with one body), it is kept --
+after checking that its content really has that digest, so a file damaged by a crash can
+never stand in for a verified body.
+
+The methods are blocking file I/O: the hub calls them through ``run_in_executor``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from protocol.errors import LocalError
+
+TMP_DIR: Final = "tmp"
+TMP_PREFIX: Final = "upload-"
+DIGEST_SIZE: Final = 32
+_HASH_CHUNK: Final = 1024 * 1024
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+    func = getattr(libc, "syncfs", None)
+    if func is None:
+        return None
+    func.argtypes = [ctypes.c_int]
+    func.restype = ctypes.c_int
+    return func  # type: ignore[no-any-return]
+
+
+#: Linux's syncfs(2): flush one file system (data and metadata) in one call.
+_SYNCFS: Final = _load_syncfs()
+
+
+def _file_digest(path: Path) -> bytes | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                h.update(chunk)
+    except FileNotFoundError:
+        return None
+    return h.digest()
+
+
+class BlobWriter:
+    """One blob being written; either :meth:`commit` or :meth:`abort` it."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self._hash = hashlib.sha256()
+        self.size = 0
+        name = TMP_PREFIX + secrets.token_hex(16)
+        self.temp_path = store.root / TMP_DIR / name
+        self._fh: BinaryIO | None = open(self.temp_path, "xb")  # noqa: SIM115 - closed in commit/abort
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._fh is None:
+            raise LocalError("blob writer already closed")
+        self._hash.update(data)
+        self._fh.write(data)
+        self.size += len(data)
+
+    def close(self, expected: bytes | None = None, *, sync: bool = True) -> bytes:
+        """Finish writing (fsync unless ``sync`` is false); returns the digest."""
+        if self._fh is None:
+            raise LocalError("blob writer already closed")
+        digest = self._hash.digest()
+        fh, self._fh = self._fh, None
+        try:
+            fh.flush()
+            if sync:
+                os.fsync(fh.fileno())
+        finally:
+            fh.close()
+        if expected is not None and digest != expected:
+            self.temp_path.unlink(missing_ok=True)
+            raise LocalError("blob digest differs from the one expected")
+        return digest
+
+    def install(self, digest: bytes, *, sync: bool = True) -> None:
+        """Rename the closed temp file into place (fsync the directory unless ``sync``)."""
+        final = self._store.path_for(digest)
+        try:
+            if final.exists() and _file_digest(final) == digest:
+                self.temp_path.unlink(missing_ok=True)  # the same content is stored already
+                return
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.temp_path, final)
+            if sync:
+                _fsync_dir(final.parent)
+        except BaseException:
+            self.temp_path.unlink(missing_ok=True)
+            raise
+
+    def commit(self, expected: bytes | None = None) -> bytes:
+        """Make the blob durable under its digest; returns the digest."""
+        digest = self.close(expected)
+        self.install(digest)
+        return digest
+
+    def abort(self) -> None:
+        """Drop the temp file; nothing of this blob remains."""
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            fh.close()
+        self.temp_path.unlink(missing_ok=True)
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / TMP_DIR).mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, digest: bytes) -> Path:
+        if len(digest) != DIGEST_SIZE:
+            raise LocalError("a blob digest is 32 bytes")
+        h = digest.hex()
+        return self.root / h[:2] / h[2:4] / h
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self)
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Store ``(data, digest)`` pairs durably, with one barrier for all of them."""
+        if _SYNCFS is None:
+            for data, digest in items:
+                writer = self.writer()
+                try:
+                    writer.write(data)
+                    writer.commit(digest)
+                except BaseException:
+                    writer.abort()
+                    raise
+            return
+        writers: list[tuple[BlobWriter, bytes]] = []
+        try:
+            for data, digest in items:
+                writer = self.writer()
+                writers.append((writer, digest))
+                writer.write(data)
+                writer.close(digest, sync=False)
+            self._syncfs()  # the contents, before any name points at them
+            for writer, digest in writers:
+                writer.install(digest, sync=False)
+            self._syncfs()  # the names
+        except BaseException:
+            for writer, _ in writers:
+                writer.abort()
+            raise
+
+    def _syncfs(self) -> None:
+        assert _SYNCFS is not None
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+
+    def exists(self, digest: bytes) -> bool:
+        return self.path_for(digest).is_file()
+
+    def size(self, digest: bytes) -> int | None:
+        try:
+            return self.path_for(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def open(self, digest: bytes) -> BinaryIO:
+        """Open for reading (seek for ranges); FileNotFoundError if absent."""
+        return open(self.path_for(digest), "rb")
+
+    def delete(self, digest: bytes) -> bool:
+        try:
+            self.path_for(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def digests(self) -> Iterator[bytes]:
+        """Every stored blob's digest (for the orphan sweep)."""
+        for first in self.root.iterdir():
+            if first.name == TMP_DIR or not first.is_dir() or len(first.name) != 2:
+                continue
+            for second in first.iterdir():
+                for blob in second.iterdir():
+                    try:
+                        yield bytes.fromhex(blob.name)
+                    except ValueError:
+                        continue
+
+    def age(self, digest: bytes, now: float | None = None) -> float | None:
+        try:
+            mtime = self.path_for(digest).stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return (time.time() if now is None else now) - mtime
+
+    def sweep_temp(self, older_than: float, now: float | None = None) -> int:
+        """Remove temp files untouched for ``older_than`` seconds (crashed uploads)."""
+        limit = (time.time() if now is None else now) - older_than
+        removed = 0
+        for path in (self.root / TMP_DIR).glob(TMP_PREFIX + "*"):
+            try:
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

@@ -1,0 +1,65 @@
+"""The application's typed state: what every handler and service of the hub works with.
+
+:func:`hub.app.create_app` opens these resources in a ``cleanup_ctx`` and closes them on
+shutdown.  Each is also under its own :class:`web.AppKey`, so code outside this package
+(the audit log's routes and sequencer) reaches the engine or the settings without
+knowing about :class:`Hub`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, ParamSpec, TypeVar
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from protocol.policy import RoutePolicy, SecrecyPolicy, SizeLimits
+
+from .blobs import BlobStore
+from .directory import EntryCache
+from .hubkeys import HubKeys
+from .hubreceipts import ReceiptSigner
+from .metrics import Metrics
+from .notify import MailboxNotifier
+from .settings import HubSettings
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Hub:
+    settings: HubSettings
+    keys: HubKeys
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    blobs: BlobStore
+    notifier: MailboxNotifier
+    metrics: Metrics
+    entries: EntryCache
+    secrecy: SecrecyPolicy
+    routes: RoutePolicy
+    limits: SizeLimits
+    signer: ReceiptSigner
+
+    async def blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking file I/O off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+HUB: Final = web.AppKey("hub", Hub)
+SETTINGS: Final = web.AppKey("settings", HubSettings)
+KEYS: Final = web.AppKey("keys", HubKeys)
+ENGINE: Final = web.AppKey("engine", AsyncEngine)
+SESSIONMAKER: Final = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
+BLOBS: Final = web.AppKey("blobs", BlobStore)
+METRICS: Final = web.AppKey("metrics", Metrics)
+
+
+def hub_of(request: web.Request) -> Hub:
+    return request.app[HUB]

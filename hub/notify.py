@@ -1,0 +1,144 @@
+"""Waking long-polling mailboxes when something arrives for them.
+
+In one process: an :class:`asyncio.Event` per waiting request, by organ.  Across processes
+(several hubs on one PostgreSQL): ``pg_notify`` on a channel of this hub, sent *inside the
+transaction* that creates the mailbox items, so PostgreSQL delivers it exactly when they
+become visible; each process keeps one dedicated asyncpg connection LISTENing and wakes its
+own waiters.  On SQLite there is one process by design, so in-process events suffice.
+
+Notifications are a hint, never the truth: a woken request reads its mailbox from the
+database, and waiters re-read it every few seconds anyway, so a notification lost while
+the listener reconnects costs latency, not mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .logs import get_logger
+
+#: PostgreSQL refuses payloads of 8000 bytes or more.
+_PAYLOAD_MAX: Final = 7000
+_WAKE_ALL: Final = "*"
+log = get_logger("hub.notify")
+
+
+class MailboxNotifier:
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._conn: Any = None
+        self._postgres = False
+        self.closing = False
+
+    # -- in-process ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def listen(self, organ: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._waiters[organ].add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(organ)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[organ]
+
+    def wake(self, organs: Iterable[str]) -> None:
+        for organ in organs:
+            if organ == _WAKE_ALL:
+                self.wake_all()
+                return
+            for event in self._waiters.get(organ, ()):
+                event.set()
+
+    def wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()
+
+    # -- across processes ---------------------------------------------------------------
+
+    async def publish(self, session: AsyncSession, organs: Iterable[str]) -> None:
+        """Queue a notification in ``session``'s transaction (PostgreSQL only)."""
+        if not self._postgres:
+            return
+        batch: list[str] = []
+        size = 0
+        for organ in sorted(set(organs)):
+            if batch and size + len(organ) + 1 > _PAYLOAD_MAX:
+                await self._notify(session, batch)
+                batch, size = [], 0
+            batch.append(organ)
+            size += len(organ) + 1
+        if batch:
+            await self._notify(session, batch)
+
+    async def _notify(self, session: AsyncSession, organs: list[str]) -> None:
+        await session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": self.channel, "payload": ",".join(organs)},
+        )
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        if isinstance(payload, str):
+            self.wake(payload.split(","))
+
+    async def start(self, url: URL) -> None:
+        """On PostgreSQL, LISTEN on a dedicated connection (reconnecting when it drops)."""
+        if url.get_backend_name() != "postgresql":
+            return
+        self._postgres = True
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        ready = asyncio.Event()
+        self._task = asyncio.create_task(self._listen_loop(dsn, ready), name="mailbox-listen")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), timeout=10)
+
+    async def _listen_loop(self, dsn: str, ready: asyncio.Event) -> None:
+        backoff = 0.5
+        while not self.closing:
+            lost = asyncio.Event()
+            conn = None
+            try:
+                conn = await asyncpg.connect(dsn)
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(self.channel, self._on_notify)
+                self._conn = conn
+                ready.set()
+                backoff = 0.5
+                self.wake_all()  # whatever was sent while we were away
+                await lost.wait()
+                log.warning("mailbox listener connection lost")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("mailbox listener cannot connect", error=type(exc).__name__)
+            finally:
+                self._conn = None
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+            if not self.closing:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def close(self) -> None:
+        """Wake every waiter (they answer empty) and stop listening."""
+        self.closing = True
+        self.wake_all()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,162 @@
+"""Storage pieces on their own: blob store, settings, migrations, retention."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
+
+from hub.blobs import BlobStore
+from hub.db import Base, make_engine
+from hub.migrate import current_revision, head_revision, upgrade
+from hub.models import DeliveryRow, Packet
+from hub.retention import ORPHAN_MAX_AGE, TEMP_MAX_AGE, collect_garbage
+from hub.settings import load_settings
+from protocol.errors import LocalError
+from protocol.policy import Secrecy
+
+from .helpers import HubEnv, eventually, login, mailbox, send, world
+
+
+def test_blob_store_write_commit_range_delete(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    writer = store.writer()
+    for i in range(0, len(data), 100_000):
+        writer.write(data[i : i + 100_000])
+    digest = writer.commit(hashlib.sha256(data).digest())
+    assert digest == hashlib.sha256(data).digest()
+    path = store.path_for(digest)
+    assert path.parent.parent.name == digest.hex()[:2]
+    assert path.parent.name == digest.hex()[2:4]
+    assert store.size(digest) == len(data)
+    with store.open(digest) as fh:
+        fh.seek(1000)
+        assert fh.read(10) == data[1000:1010]
+    assert list(store.digests()) == [digest]
+    # The same content again keeps the first copy and leaves no temp file.
+    again = store.writer()
+    again.write(data)
+    assert again.commit() == digest
+    assert not list((store.root / "tmp").iterdir())
+    # A mismatch or an abort leaves nothing.
+    bad = store.writer()
+    bad.write(b"khong khop")
+    with pytest.raises(LocalError):
+        bad.commit(bytes(32))
+    aborted = store.writer()
+    aborted.write(b"dang ghi")
+    aborted.abort()
+    assert not list((store.root / "tmp").iterdir())
+    assert store.delete(digest)
+    assert not store.delete(digest)
+    assert store.size(digest) is None
+
+
+def test_blob_store_sweeps_stale_temp_files(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    writer = store.writer()
+    writer.write(b"x")
+    old = writer.temp_path.stat().st_mtime
+    assert store.sweep_temp(TEMP_MAX_AGE, now=old + 10) == 0
+    assert store.sweep_temp(TEMP_MAX_AGE, now=old + TEMP_MAX_AGE + 1) == 1
+    writer.abort()
+
+
+def test_settings_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "hub"
+    data.mkdir()
+    settings = load_settings(data)
+    assert settings.database_url == f"sqlite+aiosqlite:///{data / 'hub.sqlite3'}"
+    assert settings.blobs_path == data / "blobs"
+    assert settings.token_lifetime == 900
+    assert settings.challenge_lifetime == 60
+    assert settings.envelope_max == 4 * 1024 * 1024
+    assert settings.body_max == 2 * 1024**3
+    assert settings.secrecy_policy().allowed == frozenset({Secrecy.NONE})
+    (data / "hub.toml").write_text(
+        'port = 9000\nretention_days = 30\nsecrecy_allowed = ["none", "mat"]\n'
+    )
+    settings = load_settings(data)
+    assert (settings.port, settings.retention_days) == (9000, 30)
+    assert Secrecy.MAT in settings.secrecy_policy().allowed
+    monkeypatch.setenv("LIENTHONG_PORT", "9100")
+    assert load_settings(data).port == 9100
+    assert load_settings(data, port=9200).port == 9200
+    # Tối mật can never be allowed; unknown keys and bad values are refused.
+    for text in (
+        'secrecy_allowed = ["toi-mat"]\n',
+        "no_such_setting = 1\n",
+        'route_rules = ["cousins"]\n',
+    ):
+        (data / "hub.toml").write_text(text)
+        with pytest.raises(LocalError):
+            load_settings(data)
+
+
+@pytest.mark.asyncio
+async def test_migrations_match_the_models(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        await upgrade(engine)  # already at head: nothing to do, no error
+        assert await current_revision(engine) == head_revision()
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda c: compare_metadata(
+                    MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata
+                )
+            )
+    finally:
+        await engine.dispose()
+    assert diff == []
+
+
+@pytest.mark.asyncio
+async def test_retention_deletes_bodies_only_when_fetched_and_old(hub_env: HubEnv) -> None:
+    env = hub_env
+    hub = env.hub
+    w = await world(env)
+    _answer, _envelope, body = await send(env, w.province, [w.yen_lac, w.tam_hong])
+    digest = hashlib.sha256(body).digest()
+    later = int(time.time()) + hub.settings.retention_seconds + 10
+    # Not everyone has fetched it: kept, however old.
+    assert (await collect_garbage(hub, now=later)).bodies_deleted == 0
+    for office in (w.yen_lac, w.tam_hong):
+        await login(env, office)  # that pass also purged the sessions, expired by then
+        item = (await mailbox(env, office))[0]
+        resp = await env.client.get(item["body"]["url"], headers=office.headers)
+        assert await resp.read() == body
+
+    async def all_fetched() -> bool:
+        async with hub.sessions() as session:
+            rows = (await session.scalars(select(DeliveryRow.fetched_at))).all()
+        return all(rows)
+
+    assert await eventually(all_fetched)
+    # Everyone fetched, but the retention period has not passed.
+    assert (await collect_garbage(hub)).bodies_deleted == 0
+    assert hub.blobs.exists(digest)
+    report = await collect_garbage(hub, now=later)
+    assert report.bodies_deleted == 1
+    assert not hub.blobs.exists(digest)
+    async with hub.sessions() as session:
+        packet = (await session.scalars(select(Packet))).one()
+    assert packet.body_deleted_at == later
+    assert packet.state == "accepted"
+    await login(env, w.yen_lac)
+    resp = await env.client.get(f"/v1/bodies/{digest.hex()}", headers=w.yen_lac.headers)
+    assert (resp.status, (await resp.json())["code"]) == (404, "body_unknown")
+    # An orphan blob (no packet names it) goes once old enough.
+    orphan = hub.blobs.writer()
+    orphan.write(b"mo coi")
+    orphan_digest = orphan.commit()
+    assert (await collect_garbage(hub)).orphans == 0
+    report = await collect_garbage(hub, now=int(later + ORPHAN_MAX_AGE * 2))
+    assert report.orphans == 1
+    assert not hub.blobs.exists(orphan_digest)
