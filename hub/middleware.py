@@ -42,7 +42,8 @@ def _http_problem(exc: web.HTTPException) -> web.Response:
     if exc.status == 413:
         return problem("size_limit_exceeded", 413, "the request body is too large")
     reason = exc.reason or "request refused"
-    return problem("request_invalid", exc.status, reason)
+    code = {404: "route_unknown", 405: "method_not_allowed"}.get(exc.status, "request_invalid")
+    return problem(code, exc.status, reason)
 
 
 @web.middleware

@@ -162,6 +162,9 @@ CODES: Final[dict[str, ErrorCode]] = _codes(
     ("body_not_expected", 409, "The packet's body is already stored, or no envelope awaits it."),
     ("range_invalid", 416, "The requested byte range is outside the body."),
     ("clock_skew", 422, "The envelope's creation time is too far from the hub's clock."),
+    ("route_unknown", 404, "No endpoint at this path."),
+    ("method_not_allowed", 405, "The endpoint does not take this HTTP method."),
+    ("internal", 500, "A fault of the server itself; the detail names the request id to report."),
 )
 
 
