@@ -38,7 +38,6 @@ from .hubreceipts import ReceiptSigner
 from .logs import get_logger
 from .metrics import Metrics
 from .middleware import problem_middleware
-from .migrate import upgrade
 from .notify import MailboxNotifier
 from .retention import collect_garbage
 from .sessions import Caller
@@ -68,6 +67,8 @@ def create_app(settings: HubSettings) -> web.Application:
         notifier = MailboxNotifier(f"lienthong_{keys.hub.kid.hex()[:16]}")
         try:
             if settings.migrate_on_start:
+                from .migrate import upgrade  # only here: `serve` migrates in a child process
+
                 await upgrade(engine)
             blobs = BlobStore(settings.blobs_path)
             await notifier.start(engine.url)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -31,7 +32,6 @@ from . import directory
 from .clock import now, vn_midnight
 from .db import make_engine, make_sessionmaker
 from .hubkeys import create_keys, load_keys
-from .migrate import upgrade
 from .models import Organ, OrganKey
 from .settings import CONFIG_FILE, HubSettings, load_settings
 
@@ -70,6 +70,8 @@ def _with_db(settings: HubSettings, work: Callable[[AsyncSession], Awaitable[T]]
     async def run() -> T:
         engine = make_engine(settings.database_url)
         try:
+            from .migrate import upgrade  # Alembic is loaded only where it runs
+
             await upgrade(engine)
             async with make_sessionmaker(engine).begin() as session:
                 return await work(session)
@@ -165,6 +167,16 @@ def serve(data: Path, host: str | None, port: int | None, database_url: str | No
         settings = _settings(data, host=host, port=port, database_url=database_url)
         configure_logging(settings.log_level)
         log = get_logger("hub.serve")
+        if settings.migrate_on_start:
+            # Migrations run in a child process: the long-lived server then never loads
+            # Alembic and its templates, about 10 MiB of resident memory per process.
+            command = [sys.executable, "-c", "from hub.cli import main; main()", "migrate"]
+            command += ["--data", str(data)]
+            if database_url:
+                command += ["--database-url", database_url]
+            if subprocess.run(command, check=False).returncode != 0:  # noqa: S603 - our own argv, no shell
+                raise LocalError("the database migrations failed; see the lines above")
+            settings = settings.model_copy(update={"migrate_on_start": False})
 
         async def run() -> None:
             app = create_app(settings)
@@ -206,6 +218,8 @@ def migrate(data: Path, database_url: str | None) -> None:
         async def run() -> str | None:
             engine = make_engine(settings.database_url)
             try:
+                from .migrate import upgrade
+
                 await upgrade(engine)
                 return await current_revision(engine)
             finally:
