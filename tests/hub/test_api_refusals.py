@@ -239,8 +239,8 @@ async def test_request_refusals(hub_env: HubEnv) -> None:
         ("get", "/v1/directory/000.00.00.H41/children?depth=0", {}, 400, "request_invalid"),
         ("post", "/v1/packets/batch", {"data": encode([b"x"])}, 400, "request_invalid"),
         ("post", "/v1/packets/batch", {"data": b"\xff"}, 400, "cbor_malformed"),
-        ("get", "/v1/nowhere", {}, 404, "request_invalid"),
-        ("delete", "/v1/mailbox", {}, 405, "request_invalid"),
+        ("get", "/v1/nowhere", {}, 404, "route_unknown"),
+        ("delete", "/v1/mailbox", {}, 405, "method_not_allowed"),
     ]
     for method, path, kwargs, status, code in cases:
         resp = await env.client.request(method, path, headers=h, **kwargs)
