@@ -25,7 +25,9 @@ from typing import Final
 from aiohttp import web
 
 from hub.auditlog.app import LOG_RUNTIME, setup_auditlog
+from hub.auditpage import setup_auditpage
 
+from . import keylog
 from .api import setup_routes
 from .api.common import require
 from .api.health import OPENAPI, OPENAPI_FILE
@@ -33,6 +35,7 @@ from .blobs import BlobStore
 from .context import BLOBS, ENGINE, HUB, KEYS, METRICS, SESSIONMAKER, SETTINGS, Hub
 from .db import is_sqlite, make_engine, make_sessionmaker
 from .directory import EntryCache
+from .email.app import setup_email
 from .hubkeys import load_keys
 from .hubreceipts import ReceiptSigner
 from .logs import get_logger
@@ -61,6 +64,8 @@ def create_app(settings: HubSettings) -> web.Application:
     app[METRICS] = Metrics()
     app[OPENAPI] = OPENAPI_FILE.read_bytes()
     setup_routes(app)
+    app.router.add_routes(keylog.routes)
+    setup_auditpage(app)
 
     async def storage(app: web.Application) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
@@ -139,6 +144,7 @@ def create_app(settings: HubSettings) -> web.Application:
         app, engine=ENGINE, key=keys.hub, origin=log_origin(settings), authorize=authorize
     )
     app.cleanup_ctx.append(background)
+    setup_email(app)
     app.on_shutdown.append(shutdown)
     return app
 

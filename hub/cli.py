@@ -151,20 +151,31 @@ def init(data: Path, database_url: str | None, hybrid: bool, hub_name: str) -> N
 @click.option("--host", help="Address to listen on (default from hub.toml, else 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on; 0 picks a free one.")
 @click.option("--database-url", help="Overrides hub.toml and LIENTHONG_DATABASE_URL.")
-def serve(data: Path, host: str | None, port: int | None, database_url: str | None) -> None:
+@click.option(
+    "--smtp-port",
+    type=click.IntRange(0, 65535),
+    help="Also run the e-mail gateway's SMTP server on this port (0: a free one); "
+    "needs email.address in hub.toml.",
+)
+def serve(
+    data: Path, host: str | None, port: int | None, database_url: str | None, smtp_port: int | None
+) -> None:
     """Run the hub (migrations are applied first). Stops cleanly on SIGTERM or Ctrl-C.
 
     \b
     Examples:
       lienthong-hub serve --data /srv/lienthong
       lienthong-hub serve --data /srv/lienthong --host 0.0.0.0 --port 8443
-    The listening address is logged as a JSON line {"event": "listening", ...}.
+      lienthong-hub serve --data /srv/lienthong --smtp-port 2525
+    The listening address is logged as a JSON line {"event": "listening", ...}, the
+    e-mail gateway's as {"event": "smtp_listening", ...} (see docs/email.md).
     """
     from .app import create_app
     from .logs import configure_logging, get_logger
 
     with _errors():
-        settings = _settings(data, host=host, port=port, database_url=database_url)
+        email = {"smtp_port": smtp_port} if smtp_port is not None else None
+        settings = _settings(data, host=host, port=port, database_url=database_url, email=email)
         configure_logging(settings.log_level)
         log = get_logger("hub.serve")
         if settings.migrate_on_start:

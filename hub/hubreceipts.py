@@ -166,6 +166,9 @@ class ReceiptSigner:
         self._wake = asyncio.Event()
         self._signed: defaultdict[bytes, set[asyncio.Event]] = defaultdict(set)
         self._lock = asyncio.Lock()
+        # Group commit of wait_accepted's "sequence now, sign now" (see _flush).
+        self._round: asyncio.Future[None] | None = None
+        self._next_round: asyncio.Future[None] | None = None
 
     def poke(self) -> None:
         """Something was queued: ask the sequencer for a batch and look again soon."""
@@ -182,6 +185,34 @@ class ReceiptSigner:
             for event in self._signed.pop(packet_id, ()):
                 event.set()
         return len(signed), remaining is not None
+
+    def _flush(self) -> asyncio.Future[None]:
+        """A sequencer batch and a signing pass that start after this call: shared.
+
+        Concurrent uploads share the work rather than each running its own batch one
+        after the other behind the locks (each batch is a dozen round trips and a
+        checkpoint signature): at most one round runs and one waits.  A round already
+        running may have started before the caller's events were committed, so callers
+        join the *next* round, which starts once the running one ends and takes every
+        event pending by then.
+        """
+        if self._next_round is None:
+            self._next_round = asyncio.ensure_future(self._next(self._round))
+        return self._next_round
+
+    async def _next(self, previous: asyncio.Future[None] | None) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        current = self._next_round
+        self._next_round, self._round = None, current  # later callers queue behind us
+        try:
+            assert self._sequence_now is not None
+            await self._sequence_now()
+            await self.run_once()
+        finally:
+            if self._round is current:
+                self._round = None
 
     async def run(self) -> None:
         """Sign in the background: soon after progress, backing off while the log lags."""
@@ -216,8 +247,7 @@ class ReceiptSigner:
         self.poke()
         if self._sequence_now is not None:
             try:
-                await self._sequence_now()
-                await self.run_once()
+                await asyncio.shield(self._flush())
             except Exception:
                 log.exception("sequencing for a receipt failed; the background task retries")
         while True:

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from protocol.audit import encode_event
 from protocol.directory import DirectoryEntry
 from protocol.errors import RemoteError
+from protocol.mail import check_email_delivery
 from protocol.packet import ENVELOPE_MAX, BodyVerifier, Envelope, parse_envelope
 from protocol.policy import check_packet
 
@@ -156,6 +157,9 @@ async def _check_envelope(
             )
         _check_recipients(env, known.entries, at)
         check_packet(env, known.tree, hub.secrecy, hub.routes, transport, hub.limits)
+        # An office that receives by e-mail only must be reachable by e-mail at all.
+        email_only = {o for o, e in known.entries.items() if e.transports == ("email",)}
+        check_email_delivery(env, email_only, hub.settings.email.max_size)
         if env.routing.target is not None:
             target = await session.get(Packet, env.routing.target)
             if target is None or target.sender != env.sender or target.state != ACCEPTED:

@@ -29,6 +29,8 @@ from protocol.policy import (
     SizeLimits,
 )
 
+from .email.settings import EmailSettings
+
 CONFIG_FILE: Final = "hub.toml"
 ENV_PREFIX: Final = "LIENTHONG_"
 MiB: Final = 1024 * 1024
@@ -65,7 +67,9 @@ class _DataDirToml(PydanticBaseSettingsSource):
 class HubSettings(BaseSettings):
     """Everything a hub process needs to know; see ``docs/api.md`` for the meaning."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     data_dir: Path
     #: Default: ``sqlite+aiosqlite:///<data dir>/hub.sqlite3``.
@@ -103,6 +107,8 @@ class HubSettings(BaseSettings):
     #: Apply migrations when the app starts (``serve`` does; tests migrate a template).
     migrate_on_start: bool = True
     log_level: str = "info"
+    #: The e-mail gateway (``[email]`` in hub.toml, ``LIENTHONG_EMAIL__*``): off by default.
+    email: EmailSettings = Field(default_factory=EmailSettings)
 
     @classmethod
     def settings_customise_sources(

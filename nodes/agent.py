@@ -16,7 +16,9 @@ A **round** (:meth:`Agent.sync`):
    verified (a recipient's about a packet we sent; the sender's 13 about one we received;
    the hub's ``fetched``) and applied to the delivery's state machine;
 4. receipts we signed go to the hub in batches;
-5. the log's checkpoint is verified and checked consistent with the last one seen.
+5. the log's checkpoint is verified and checked consistent with the last one seen, then
+   cosigned as a witness, and the office's own directory entry is watched in the log
+   (:mod:`nodes.witness`): a key it never generated is an alarm.
 
 The **daemon** (:meth:`Agent.run`) does the same continuously: a mailbox loop
 long-polling the hub, and an outbox loop every second for watch folders, the outbox and
@@ -59,6 +61,7 @@ from .deliveries import Deliveries
 from .errors import HubError, HubUnavailable, NodeError, error_code, error_detail, is_transient
 from .mailbox import Mailbox
 from .outbox import Outbox
+from .witness import witness_round
 
 __all__ = ["Agent", "QuietReporter", "Reporter", "RoundReport"]
 
@@ -208,11 +211,8 @@ class Agent(Outbox, Mailbox, Deliveries):
         await self.receipts_pass(report)
         with contextlib.suppress(HubError):
             await self.refresh_accepted_receipts()
-        try:
-            report.checkpoint = await self.check_checkpoint()
-        except RemoteError as exc:
-            report.errors.append({"code": exc.code, "detail": exc.detail})
-            self.report.event("sync.checkpoint_bad", code=exc.code, detail=exc.detail)
+        # Check the log, cosign it as a witness, watch our own directory entry.
+        await witness_round(self, report)
         return report
 
     async def run(self, stop: asyncio.Event, *, backoff_cap: float = 30.0) -> None:
@@ -303,8 +303,8 @@ class Agent(Outbox, Mailbox, Deliveries):
                     last_housekeeping = loop.time()
                     with contextlib.suppress(HubError, RemoteError):
                         await self.refresh_directory()
-                    with contextlib.suppress(RemoteError):
-                        await self.check_checkpoint()
+                    with contextlib.suppress(RemoteError, HubError):
+                        await witness_round(self, RoundReport())
                     with contextlib.suppress(HubError):
                         await self.refresh_accepted_receipts()
                 backoff.reset()

@@ -45,10 +45,11 @@ from protocol.packet import parse_envelope
 from protocol.policy import VN_TZ, Secrecy, Urgency
 from protocol.receipts import STATUS
 
-from . import i18n, registers
+from . import i18n, registers, witness
 from .agent import Agent, RoundReport
 from .client import HubClient
 from .client import Progress as ProgressFn
+from .email_transport import init_extra, init_options, make_agent
 from .errors import HubError, HubUnavailable, NodeError, error_code, error_detail
 from .home import HOME_ENV, Home, NodeConfig, read_passphrase
 from .keystore import Keystore
@@ -214,7 +215,7 @@ def _with_agent(
     store = Store.open(home.db_path)
 
     async def go() -> T:
-        async with Agent(home, config, store, keystore, ui) as agent:
+        async with make_agent(home, config, store, keystore, ui) as agent:
             return await work(agent)
 
     try:
@@ -306,6 +307,7 @@ def main() -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="CA bundle for the hub's TLS certificate.",
 )
+@init_options
 def init(
     home: Path,
     as_json: bool,
@@ -342,6 +344,7 @@ def init(
             abbrev=abbrev,
             ca_file=str(ca_file.absolute()) if ca_file else "",
         ).check()
+        config.extra.update(init_extra())  # --transport email|fallback, --smtp, --imap ...
         passphrase = read_passphrase(passphrase_file, prompt=_prompt(ui.lang), confirm=True)
 
         async def enrol() -> tuple[Keystore, Any]:
@@ -568,6 +571,8 @@ def sync(home: Path, as_json: bool, passphrase_file: Path | None) -> None:
     with _errors(ui):
         report = _with_agent(Home(home), passphrase_file, ui, lambda agent: agent.sync())
         _print_round(ui, report)
+        if any(err.get("alarm") for err in report.errors):
+            sys.exit(witness.EXIT_ALARM)
 
 
 def _print_round(ui: Ui, report: RoundReport) -> None:
@@ -776,18 +781,43 @@ def show(home: Path, as_json: bool, packet: str) -> None:
 @click.option(
     "--offline", is_flag=True, help="Only what this office has collected; do not ask the hub."
 )
-@click.argument("packet")
+@click.option(
+    "--acknowledge", is_flag=True, help="Clear the active alarms (after looking at them)."
+)
+@click.argument("packet", required=False)
 def status(
-    home: Path, as_json: bool, passphrase_file: Path | None, offline: bool, packet: str
+    home: Path,
+    as_json: bool,
+    passphrase_file: Path | None,
+    offline: bool,
+    acknowledge: bool,
+    packet: str | None,
 ) -> None:
-    """Every recipient's state and history of a packet, each receipt's signature verified."""
+    """A packet's recipients and history, each receipt verified; without PACKET, this
+    office's watch over the hub: its keys, the log it witnessed, and any alarm.
+
+    Exits 3 while an alarm is active (a fork of the log, a key of this office changed
+    without its request): see `lienthong-node status`, then `--acknowledge`.
+    """
     ui = Ui(as_json)
     with _errors(ui):
         h = Home(home)
+        if packet is None:
+            watch = _with_agent(
+                h, passphrase_file, ui, lambda agent: _watch_status(agent, acknowledge)
+            )
+            ui.result(watch, lambda: _render_watch(ui, watch))
+            if watch["alarms"] and not acknowledge:
+                sys.exit(witness.EXIT_ALARM)
+            return
         pid = _with_store(h, lambda s, _c: s.resolve_id(packet))
-        doc = _with_agent(
-            h, passphrase_file, ui, lambda agent: agent.status(pid, online=not offline)
-        )
+
+        async def packet_status(agent: Agent) -> dict[str, Any]:
+            found = await agent.status(pid, online=not offline)
+            found["alarms"] = witness.alarms(agent)
+            return found
+
+        doc = _with_agent(h, passphrase_file, ui, packet_status)
 
         def render() -> None:
             if doc["source"] == "local" and doc["direction"] == "out":
@@ -823,8 +853,31 @@ def status(
             ui.out.print(table)
 
         ui.result(doc, render)
+        for alarm in doc["alarms"]:
+            ui.err.print(Text(f"ALARM: {alarm['code']}: {alarm['detail']}", style="red bold"))
+        if doc["alarms"]:
+            sys.exit(witness.EXIT_ALARM)
         if not doc["all_verified"]:
             sys.exit(1)
+
+
+async def _watch_status(agent: Agent, acknowledge: bool) -> dict[str, Any]:
+    doc = witness.node_status(agent)
+    if acknowledge:
+        doc["acknowledged"] = witness.acknowledge(agent)
+    return doc
+
+
+def _render_watch(ui: Ui, doc: dict[str, Any]) -> None:
+    ui.out.print(f"{doc['organ']}: signing keys {', '.join(doc['signing_keys'])}")
+    ui.out.print(
+        f"Log checkpoint seen: {doc['checkpoint']['size']}, "
+        f"cosigned as witness: {doc['witness_cosigned_size']}"
+    )
+    for alarm in doc["alarms"]:
+        ui.out.print(Text(f"ALARM: {alarm['code']}: {alarm['detail']}", style="red bold"))
+    if not doc["alarms"]:
+        ui.out.print("No alarm.")
 
 
 # --- the clerk's receipts ----------------------------------------------------------------------

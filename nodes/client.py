@@ -36,7 +36,7 @@ import aiohttp
 from yarl import URL
 
 from protocol import signed
-from protocol.codec import encode
+from protocol.codec import decode, encode
 from protocol.directory import SignedEntry, verify_entry
 from protocol.errors import RemoteError
 from protocol.keys import EncryptionPublicKey, SigningPrivateKey, SigningPublicKey
@@ -478,8 +478,15 @@ class HubClient:
 
     # --- the audit log -------------------------------------------------------------------------------
 
-    async def checkpoint(self) -> bytes:
-        data: bytes = await self._call("GET", "/v1/log/checkpoint", auth=False, raw=True)
+    async def checkpoint(self, *, size: int | None = None, min_cosignatures: int = 0) -> bytes:
+        """The log's newest signed note (or the one of ``size``, or the newest with at
+        least ``min_cosignatures`` witness cosignatures)."""
+        query = ""
+        if size is not None:
+            query = f"?size={size}"
+        elif min_cosignatures:
+            query = f"?min_cosignatures={min_cosignatures}"
+        data: bytes = await self._call("GET", f"/v1/log/checkpoint{query}", auth=False, raw=True)
         return data
 
     async def consistency(self, old: int, new: int) -> list[bytes]:
@@ -489,9 +496,76 @@ class HubClient:
             raise HubError("response_invalid", 502, "the consistency answer has no proof")
         return [unb64(h, "proof hash") for h in proof]
 
-    async def bundle(self, packet_id: bytes) -> bytes:
+    async def bundle(self, packet_id: bytes, size: int | None = None) -> bytes:
+        query = "" if size is None else f"?size={size}"
         data: bytes = await self._call(
-            "GET", f"/v1/log/packets/{packet_text(packet_id)}/bundle", raw=True
+            "GET", f"/v1/log/packets/{packet_text(packet_id)}/bundle{query}", raw=True
+        )
+        return data
+
+    async def log_entries(self, start: int, end: int) -> list[bytes]:
+        """Entries ``[start, end)`` as the hub serves them (at most a page: page on)."""
+        data = await self._call(
+            "GET", f"/v1/log/entries?start={start}&end={end}", raw=True, headers={"Accept": CBOR}
+        )
+        try:
+            doc = decode(data, max_size=64 * 1024 * 1024, max_depth=3)
+        except RemoteError as exc:
+            raise HubError("response_invalid", 502, f"the entries answer: {exc.detail}") from None
+        entries = doc.get("entries") if isinstance(doc, dict) else None
+        if (
+            not isinstance(entries, list)
+            or doc.get("start") != start
+            or not all(isinstance(e, bytes) for e in entries)
+        ):
+            raise HubError("response_invalid", 502, "the entries answer is not a list of entries")
+        return list(entries)
+
+    async def inclusion(self, index: int, size: int) -> list[bytes]:
+        doc = await self._call("GET", f"/v1/log/proof/inclusion?index={index}&size={size}")
+        proof = doc.get("proof")
+        if not isinstance(proof, list):
+            raise HubError("response_invalid", 502, "the inclusion answer has no proof")
+        return [unb64(h, "proof hash") for h in proof]
+
+    async def cosign(self, note: bytes) -> dict[str, Any]:
+        """Hand the hub our witness cosignature on a checkpoint (the note with our line)."""
+        doc: dict[str, Any] = await self._call(
+            "POST",
+            "/v1/log/cosignatures",
+            data=note,
+            headers={"Content-Type": "text/plain; charset=utf-8"},
+        )
+        return doc
+
+    async def directory_log(self, organ: str, size: int) -> list[tuple[int, bytes, list[bytes]]]:
+        """The ``directory`` events of ``organ`` in the tree of ``size``, with inclusion
+        proofs: (index, entry bytes, proof).  The hub could leave one out; following the
+        whole log (``lienthong-audit monitor``) is what catches that."""
+        doc = await self._call("GET", f"/v1/log/directory/{quote(organ, safe='')}?size={size}")
+        events = doc.get("events")
+        if not isinstance(events, list) or doc.get("size") != size:
+            raise HubError("response_invalid", 502, "the directory log answer has no events")
+        out: list[tuple[int, bytes, list[bytes]]] = []
+        for item in events:
+            if not isinstance(item, dict) or not isinstance(item.get("index"), int):
+                raise HubError("response_invalid", 502, "a directory log event is malformed")
+            proof = item.get("proof")
+            if not isinstance(proof, list):
+                raise HubError("response_invalid", 502, "a directory log event has no proof")
+            out.append(
+                (
+                    item["index"],
+                    unb64(item.get("entry"), "entry"),
+                    [unb64(h, "proof hash") for h in proof],
+                )
+            )
+        return out
+
+    async def envelope(self, packet_id: bytes) -> bytes:
+        """An accepted packet's signed envelope, for auditors (never its body)."""
+        data: bytes = await self._call(
+            "GET", f"/v1/audit/packets/{packet_text(packet_id)}/envelope", raw=True
         )
         return data
 

@@ -37,7 +37,9 @@ NODE_CODES: Final[dict[str, str]] = {
     "keystore_damaged": "The keystore file is damaged or not a Lienthong keystore.",
     "keystore_missing": "There is no keystore: run `lienthong-node init` first.",
     "keystore_permissions": "The keystore is readable by others: chmod 600 it.",
+    "key_missing": "A pinned key is needed to verify this offline (give the auditor's home).",
     "local": "An internal error of the node (a bug): please report it.",
+    "no_checkpoint": "No checkpoint was accepted yet: run `lienthong-audit checkpoint`.",
     "not_initialised": "The home folder has no office: run `lienthong-node init`.",
     "packet_ambiguous": "The packet id prefix matches several packets.",
     "packet_not_accepted": "The packet has not reached the hub yet.",
@@ -53,6 +55,7 @@ NODE_CODES: Final[dict[str, str]] = {
     "request_invalid": "The request to send is invalid.",
     "response_invalid": "The hub's answer is not what its API documents.",
     "store_too_new": "The local store was written by a newer node.",
+    "witnesses_insufficient": "Fewer valid witness cosignatures than the threshold required.",
 }
 
 

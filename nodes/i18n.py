@@ -91,6 +91,10 @@ MESSAGES: Final[Mapping[str, tuple[str, str]]] = {
         "The hub's log checkpoint does not verify: {code}: {detail}",
         "Điểm kiểm tra nhật ký của hub không hợp lệ: {code}: {detail}",
     ),
+    "alarm.raised": (
+        "ALARM: {code}: {detail}",
+        "CẢNH BÁO: {code}: {detail}",
+    ),
     "run.started": (
         "Agent of {organ} running against {hub} (Ctrl-C to stop).",
         "Tác tử của {organ} đang chạy với hub {hub} (Ctrl-C để dừng).",

@@ -16,8 +16,8 @@ Kinds and their fields (all entries also have ``v``, ``kind`` and ``at``):
 ``receipt``          packet_id, envelope_digest, organ, status, receipt (signed bytes)
 ``directory``        organ, action (enrol/update/rotate/revoke/merge), entry (signed bytes)
 ``policy_refused``   sender, code, packet_id?, envelope_digest?
-``email``            packet_id, organ, direction (out/in), state (sent/failed/received),
-                     attempt
+``email``            packet_id, organ, direction (out/in), state (sent/deferred/failed/
+                     received), attempt, code? (why an attempt was deferred or failed)
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ _SCHEMA: Final[dict[str, dict[str, str]]] = {
         "direction": "text",
         "state": "text",
         "attempt": "int",
+        "code": "text?",
     },
 }
 

@@ -147,6 +147,17 @@ CODES: Final[dict[str, ErrorCode]] = _codes(
     ("secrecy_not_by_email", 403, "Classified documents never travel by e-mail."),
     ("route_not_allowed", 403, "The route from sender to recipient is not allowed by policy."),
     ("size_limit_exceeded", 413, "The packet exceeds a size limit of this deployment."),
+    # --- e-mail ------------------------------------------------------------------
+    (
+        "mail_invalid",
+        400,
+        "The e-mail is not a well-formed Lienthong message (MIME, parts, headers).",
+    ),
+    (
+        "transport_not_allowed",
+        403,
+        "The organ's directory entry does not allow this transport (e.g. e-mail).",
+    ),
     # --- the hub's API ---------------------------------------------------------
     ("request_invalid", 400, "The request is malformed: bad JSON, query or header."),
     ("token_missing", 401, "The endpoint needs a bearer token."),

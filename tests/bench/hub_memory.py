@@ -1,9 +1,13 @@
 """Peak resident memory of a hub process while a large body streams through it (a figure).
 
-Run: .venv/bin/python -m tests.hub.bench_memory [MiB]   (default 1024)
+Run: .venv/bin/python -m tests.bench.hub_memory [MiB]   (default 1024)
 Seals a body of that size into a temp file (streaming, bounded memory), starts a real
 ``lienthong-hub serve`` on SQLite, uploads the body and downloads it back, and prints the
 hub's VmHWM (peak RSS) from /proc before and after, as one JSON object.
+
+The hub alone on its embedded default (SQLite); scenario 2 (:mod:`tests.bench.s2_large`)
+measures the same on PostgreSQL with real node processes at both ends.  Written by the
+hub's engineer as ``tests/hub/bench_memory.py``; moved here with the other benchmarks.
 """
 
 from __future__ import annotations
@@ -17,9 +21,8 @@ import time
 from pathlib import Path
 
 from protocol.packet import DocumentMetadata, Sealer
-
-from .helpers import PROVINCE, YEN_LAC, submit
-from .processes import HubProcess, init, office_via_cli, remote
+from tests.hub.helpers import PROVINCE, YEN_LAC, submit
+from tests.hub.processes import HubProcess, init, office_via_cli, remote
 
 BLOCK = 1024 * 1024
 

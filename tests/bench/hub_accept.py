@@ -1,9 +1,14 @@
 """Small packets accepted per second on PostgreSQL, single and batched (a figure, not a test).
 
-Run: .venv/bin/python -m tests.hub.bench_small_packets [COUNT]
+Run: .venv/bin/python -m tests.bench.hub_accept [COUNT]
 Starts the hub in-process on a fresh PostgreSQL database (LIENTHONG_TEST_DATABASE_URL's
 server), enrols offices through the API, then times COUNT single submissions (envelope +
 body, two requests each) and COUNT packets in batches of 100.
+
+Acceptance only -- no delivery, download or receipt -- with the hub in the benchmark's
+own process: a decomposition of scenario 1 (:mod:`tests.bench.s1_small`), which runs the
+full cycle against ``lienthong-hub serve`` processes.  Written by the hub's engineer as
+``tests/hub/bench_small_packets.py``; moved here with the other benchmarks.
 """
 
 from __future__ import annotations
@@ -17,9 +22,8 @@ import uuid
 from pathlib import Path
 
 from protocol.codec import encode
-
-from .conftest import _create_pg, drop_pg, running_hub
-from .helpers import CBOR, PROVINCE, YEN_LAC, make_office, seal, send
+from tests.hub.conftest import _create_pg, drop_pg, running_hub
+from tests.hub.helpers import CBOR, PROVINCE, YEN_LAC, make_office, seal, send
 
 #: Batches in flight at once (several offices submitting together).
 CONCURRENCY = 4
@@ -71,7 +75,7 @@ async def main(count: int) -> dict[str, float]:
 
 
 async def _single(env, office, envelope, body):  # type: ignore[no-untyped-def]
-    from .helpers import submit, upload
+    from tests.hub.helpers import submit, upload
 
     status, doc = await submit(env, office, envelope)
     assert status == 202, doc
