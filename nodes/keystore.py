@@ -30,8 +30,10 @@ from protocol.errors import LienthongError
 from protocol.keys import EncryptionPrivateKey, SigningPrivateKey, SigningPublicKey
 
 FORMAT: Final = "lienthong-keystore-v1"
-#: Argon2id parameters (RFC 9106 second recommended option, 64 MiB).
-KDF_PARAMS: Final = {"iterations": 3, "lanes": 4, "memory_cost": 64 * 1024}
+#: Argon2id parameters: OWASP's m=19 MiB, t=2, p=1 profile. RFC 9106's 64 MiB option would put
+#: every node command over its 100 MiB memory budget; a keystore records its own
+#: parameters, so older keystores still open.
+KDF_PARAMS: Final = {"iterations": 2, "lanes": 1, "memory_cost": 19 * 1024}
 
 
 class KeystoreError(Exception):

@@ -1,9 +1,8 @@
 """A 200 MiB document through the command line in bounded memory.
 
 The node's memory is sampled from ``/proc`` while the body is sealed and uploaded, then
-downloaded and opened.  The peak is reset (``clear_refs``) once the transfer has begun:
-opening the keystore costs a fixed 64 MiB by design (Argon2id, RFC 9106), and what this
-test guards is that the *document* is never held in memory, whatever its size.
+downloaded and opened.  The peak (``VmHWM``) covers the whole command from its start:
+unlocking the keystore (Argon2id, 19 MiB) included, the body never held in memory.
 """
 
 from __future__ import annotations
@@ -86,13 +85,12 @@ def test_200_mib_in_bounded_memory(office: OfficeFactory, tmp_path: Path) -> Non
     doc = tmp_path / "Tài liệu hội nghị.pdf"
     want = big_file(doc)
 
-    archive, tmp = province.home / "archive", xa.home / "tmp"
     send_peak, _ = peak_during(
         province,
         ["send", "--to", xa.code, "--subject", "Tài liệu hội nghị tổng kết", str(doc)],
-        lambda: any(archive.iterdir()),  # the keystore is open, the copy has begun
+        lambda: True,
     )
-    recv_peak, _ = peak_during(xa, ["sync"], lambda: any(tmp.iterdir()))
+    recv_peak, _ = peak_during(xa, ["sync"], lambda: True)
     got = hashlib.sha256()
     [folder] = list((xa.home / "inbox").iterdir())
     with (folder / doc.name).open("rb") as fh:
