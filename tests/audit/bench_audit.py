@@ -28,7 +28,7 @@ from hub.migrate import upgrade
 from protocol.codec import encode
 from protocol.packet import parse_envelope
 from protocol.policy import VN_TZ
-from tests.hub.conftest import _create_pg, drop_pg, running_hub
+from tests.hub.conftest import create_pg, drop_pg, running_hub
 from tests.hub.helpers import CBOR, log_kinds, office_receipt, post_receipts, seal, world
 
 from .helpers import Auditors
@@ -39,7 +39,7 @@ async def run(count: int, backend: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if backend == "postgresql":
-            url = await _create_pg(name)
+            url = await create_pg(name)
         else:
             url = f"sqlite+aiosqlite:///{root / 'hub.sqlite3'}"
             engine = make_engine(url)

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from protocol.codec import encode
-from tests.hub.conftest import _create_pg, drop_pg, running_hub
+from tests.hub.conftest import create_pg, drop_pg, running_hub
 from tests.hub.helpers import CBOR, PROVINCE, YEN_LAC, make_office, seal, send
 
 #: Batches in flight at once (several offices submitting together).
@@ -31,7 +31,7 @@ CONCURRENCY = 4
 
 async def main(count: int) -> dict[str, float]:
     name = f"lt_bench_{uuid.uuid4().hex[:10]}"
-    url = await _create_pg(name)
+    url = await create_pg(name)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             async with running_hub(url, Path(tmp) / "hub", receipt_wait=5.0) as env:

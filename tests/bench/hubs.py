@@ -43,6 +43,8 @@ class HubCluster:
     #: Run each process under :mod:`tests.bench.hubtrace` (round trips per route).
     trace: bool = False
     settings: dict[str, str] = field(default_factory=dict)
+    #: Extra environment of the serve processes (e.g. MALLOC_ARENA_MAX).
+    env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
 
@@ -76,6 +78,7 @@ class HubCluster:
         env = clean_env(
             LIENTHONG_MIGRATE_ON_START="false",
             **{f"LIENTHONG_{k.upper()}": v for k, v in self.settings.items()},
+            **self.env,
         )
         for n in range(self.processes):
             log = (self.root / f"hub-{n}.log").open("wb")

@@ -40,8 +40,9 @@ QUICK: dict[str, Any] = {
     # s2
     "large_mib": 256,
     # s3, s5
-    "fanout": 300, "connections": 300, "senders": 20, "poll_procs": 4,
-    "rate": 200, "rate_seconds": 4, "idle_seconds": 3,
+    "fanout": 300, "connections": 300, "senders": 20, "poll_procs": 2,
+    "rate": 200, "rate_seconds": 4, "idle_seconds": 3, "settle_seconds": 2,
+    "max_inflight": 200, "grace": 15,
     # s4
     "log_entries": 100_000, "log_samples": 500,
     # s6
@@ -52,7 +53,8 @@ FULL: dict[str, Any] = {
     "mode": "full",
     "count": 5000, "bare_count": 20000, "smime_count": 5000, "deadline": 300,
     "large_mib": 1024,
-    "fanout": 1000, "connections": 2000, "senders": 50, "rate_seconds": 60, "idle_seconds": 10,
+    "fanout": 1000, "connections": 2000, "senders": 50, "poll_procs": 4,
+    "rate_seconds": 60, "idle_seconds": 10, "settle_seconds": 3, "max_inflight": 400, "grace": 30,
     "log_entries": 1_000_000, "log_samples": 2000,
     "as2_rounds_small": 200, "as2_rounds_large": 5,
 }  # fmt: skip
@@ -232,7 +234,7 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             done = f"{c.get('delivered')} / {c.get('packets')}"
             skipped = c.get("skipped_overloaded")
             if skipped:
-                done += f" ({skipped} not sent: over 400 in flight)"
+                done += f" ({skipped} not sent: the hub was {c.get('max_inflight')} behind)"
             add("5 connections", "delivered / submitted", done)
     s4 = res.get("s4")
     if isinstance(s4, dict) and "inclusion_ms" in s4:
@@ -258,6 +260,13 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     for name, doc in res.items():
         if isinstance(doc, dict) and "error" in doc:
             add(name, "FAILED", doc["error"].splitlines()[-1][:120])
+    loads = [
+        f"{name} {_fmt(doc['loadavg_before'][0])} → {_fmt(doc['loadavg_after'][0])}"
+        for name, doc in res.items()
+        if isinstance(doc, dict) and "loadavg_before" in doc and "loadavg_after" in doc
+    ]
+    if loads:
+        add("all", "load average (1 min) before → after each scenario", "; ".join(loads))
     return out
 
 
@@ -317,13 +326,15 @@ def main() -> None:
         work = Path(tmp)
         for name in wanted:
             t = time.perf_counter()
-            print(f"[bench] {name} … (load {loadavg()})", file=sys.stderr, flush=True)
+            before = loadavg()
+            print(f"[bench] {name} … (load {before})", file=sys.stderr, flush=True)
             try:
                 res = RUNNERS[name](work, cfg, args.profile)
             except Exception as exc:
                 traceback.print_exc()
                 res = {"error": f"{type(exc).__name__}: {exc}"}
             res["seconds"] = round(time.perf_counter() - t, 1)
+            res["loadavg_before"] = before
             res["loadavg_after"] = loadavg()
             result["results"][name] = res
             print(f"[bench] {name} done in {res['seconds']} s", file=sys.stderr, flush=True)

@@ -170,7 +170,9 @@ def lienthong(
 ) -> dict[str, Any]:
     size = doc.stat().st_size
     with database("lt_bench_s2") as url:
-        cluster = HubCluster(work / "s2-hub", url, processes=cfg["hub_procs"])
+        cluster = HubCluster(
+            work / "s2-hub", url, processes=cfg["hub_procs"], env=cfg.get("hub_env", {})
+        )
         cluster.root.mkdir(parents=True, exist_ok=True)
         cluster.init().start()
         daemon: subprocess.Popen[bytes] | None = None

@@ -206,6 +206,8 @@ def connections(
             "rate": cfg["rate"],
             "seconds": seconds,
             "size": 10 * 1024,
+            "max_inflight": cfg.get("max_inflight", 400),
+            "grace": cfg.get("grace", 30),
         },
     )
     everyone = [*pollers, sender]
@@ -255,6 +257,7 @@ def connections(
         "rate_offered": sent["offered_rate"],
         "rate_accepted": sent["accepted_rate"],
         "skipped_overloaded": sent["skipped_overloaded"],
+        "max_inflight": cfg.get("max_inflight", 400),
         "seconds": seconds,
         "packets": len(submitted),
         "delivered": len(latencies),

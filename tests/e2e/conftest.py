@@ -7,21 +7,29 @@ from pathlib import Path
 
 import pytest
 
+from tests.hub.conftest import create_pg, drop_pg, run_sync, unique_name
+
 from .harness import Hub, Node, unique
 
 
 @pytest.fixture(scope="session")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    """A ``lienthong-hub serve`` on the embedded default, shared by the session's tests.
+def hub(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Hub]:
+    """A ``lienthong-hub serve`` on PostgreSQL (a database of its own, dropped afterwards),
+    shared by the session's tests.  ``make demo`` covers the embedded SQLite default.
 
     Tests never share organs (every code carries a random suffix), so they cannot see
     each other's packets.
     """
-    h = Hub(tmp_path_factory.mktemp("e2e-hub")).init().start()
+    name = unique_name("lt_e2e", worker_id)
+    url = run_sync(create_pg(name))
     try:
-        yield h
+        h = Hub(tmp_path_factory.mktemp("e2e-hub")).init(database_url=url).start()
+        try:
+            yield h
+        finally:
+            h.stop()
     finally:
-        h.stop()
+        run_sync(drop_pg(name))
 
 
 OfficeFactory = Callable[..., Node]

@@ -98,9 +98,10 @@ class Hub:
         assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
         return proc.stdout
 
-    def init(self, *, hybrid: bool = False) -> Hub:
+    def init(self, *, hybrid: bool = False, database_url: str | None = None) -> Hub:
         self.hybrid = hybrid
-        self.cli("init", "--data", str(self.data), *(["--hybrid"] if hybrid else []))
+        extra = ["--database-url", database_url] if database_url else []
+        self.cli("init", "--data", str(self.data), *(["--hybrid"] if hybrid else []), *extra)
         return self
 
     def start(self, port: int = 0, timeout: float = 60, **settings: str) -> Hub:

@@ -43,7 +43,7 @@ BACKENDS = ("sqlite", "postgresql")
 T = TypeVar("T")
 
 
-async def _create_pg(name: str) -> str:
+async def create_pg(name: str) -> str:
     admin_url = make_url(ADMIN_URL)
     admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
@@ -83,7 +83,7 @@ def unique_name(prefix: str, worker_id: str) -> str:
 def pg_database(worker_id: str) -> Iterator[str]:
     """A migrated PostgreSQL database for this worker's session; dropped afterwards."""
     name = unique_name("lt_hub", worker_id)
-    url = run_sync(_create_pg(name))
+    url = run_sync(create_pg(name))
     try:
         yield url
     finally:
