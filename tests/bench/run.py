@@ -35,14 +35,14 @@ QUICK: dict[str, Any] = {
     "mode": "quick",
     "hub_procs": 2,
     # s1 (the bare baseline runs longer: at its rate 600 documents take a second)
-    "procs": 2, "pairs": 4, "count": 400, "bare_count": 3000, "smime_count": 400, "batch": 25,
+    "procs": 2, "pairs": 4, "count": 300, "bare_count": 3000, "smime_count": 300, "batch": 25,
     "size": 10 * 1024, "deadline": 60,
     # s2
     "large_mib": 256,
     # s3, s5
     "fanout": 300, "connections": 300, "senders": 20, "poll_procs": 2,
-    "rate": 200, "rate_seconds": 4, "idle_seconds": 3, "settle_seconds": 2,
-    "max_inflight": 200, "grace": 15,
+    "rate": 200, "rate_seconds": 3, "idle_seconds": 2, "settle_seconds": 2,
+    "max_inflight": 200, "grace": 8,
     # s4
     "log_entries": 100_000, "log_samples": 500,
     # s6
