@@ -1,7 +1,9 @@
 """Retention and garbage collection of the hub's storage.
 
-* A body is deleted from the blob store once **every** recipient has fetched it and the
-  retention period has passed since it was accepted -- and only when no other packet
+* A body is deleted from the blob store once **every** recipient has it -- fetched it
+  over HTTPS, or had it sent by e-mail (the gateway's message ``sent``, accepted by the
+  relay; a ``failed`` one keeps the body, the office may still fetch it) -- and the
+  retention period has passed since it was accepted, and only when no other packet
   still needs the same blob (content addressing can share one).  The packet's row, its
   deliveries and their signed history stay: they are the record.
 * Packets whose body never came are dropped after :data:`AWAITING_MAX_AGE` (they were
@@ -24,6 +26,7 @@ from sqlalchemy.orm import aliased
 
 from .clock import now as clock_now
 from .context import Hub
+from .email.models import OUT, SENT, EmailMessageRow
 from .models import DeliveryRow, Packet
 from .packets import ACCEPTED, AWAITING
 from .sessions import purge_expired
@@ -47,7 +50,16 @@ async def collect_garbage(hub: Hub, now: int | None = None) -> GcReport:
     report = GcReport()
     cutoff = at - hub.settings.retention_seconds
     other = aliased(Packet)
-    unfetched = exists().where(DeliveryRow.packet_id == Packet.id, DeliveryRow.fetched_at.is_(None))
+    mailed = exists().where(
+        EmailMessageRow.direction == OUT,
+        EmailMessageRow.item == "packet",
+        EmailMessageRow.state == SENT,
+        EmailMessageRow.packet_id == DeliveryRow.packet_id,
+        EmailMessageRow.organ == DeliveryRow.organ,
+    )
+    unfetched = exists().where(
+        DeliveryRow.packet_id == Packet.id, DeliveryRow.fetched_at.is_(None), ~mailed
+    )
     async with hub.sessions() as session:
         expired = (
             await session.execute(

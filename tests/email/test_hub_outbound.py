@@ -7,6 +7,7 @@ protocol's own parser and its signatures checked as an office would check them.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from sqlalchemy import select
 
 from hub.email.app import EMAIL
 from hub.email.models import EmailMessageRow
-from hub.models import MailboxItem
+from hub.models import DeliveryRow, MailboxItem
+from hub.retention import collect_garbage
 from protocol import mail
 from protocol.audit import parse_event
 from protocol.directory import verify_entry
@@ -27,6 +29,7 @@ from tests.hub.helpers import (
     PROVINCE,
     HubEnv,
     eventually,
+    login,
     mailbox,
     office_receipt,
     post_receipts,
@@ -124,6 +127,53 @@ async def test_packet_to_an_email_only_office_goes_out_once(
             await sender.run_once()
         assert len(relay.for_address(address)) == 1
         assert relay.messages[0].mail_from == gateway_settings()["address"]
+
+
+async def test_a_body_mailed_to_every_office_that_has_no_https_is_collected(
+    database_url: str, hub_data: Path, relay: Relay
+) -> None:
+    """Retention counts a packet the relay accepted as delivered; a failed one keeps the body."""
+    async with email_hub(database_url, hub_data, relay.port) as env:
+        hub = env.hub
+        w = await world(env)
+        van_hoi = await make_email_office(env, VAN_HOI, "Đảng ủy xã Vân Hội", parent=PROVINCE)
+        _doc, _envelope, body = await send(env, w.province, [van_hoi, w.yen_lac])
+        digest = hashlib.sha256(body).digest()
+        assert await all_sent(env, 1)
+        later = int(time.time()) + hub.settings.retention_seconds + 10
+        # Mailed to Vân Hội, but Yên Lạc has not fetched it: kept.
+        assert (await collect_garbage(hub, now=later)).bodies_deleted == 0
+        await login(env, w.yen_lac)
+        resp = await env.client.get(f"/v1/bodies/{digest.hex()}", headers=w.yen_lac.headers)
+        assert await resp.read() == body
+
+        async def fetched() -> bool:
+            async with hub.sessions() as session:
+                rows = (await session.scalars(select(DeliveryRow.fetched_at))).all()
+            return any(rows)
+
+        assert await eventually(fetched)
+        assert (await collect_garbage(hub, now=later)).bodies_deleted == 1
+        assert not hub.blobs.exists(digest)
+
+
+async def test_a_body_whose_mail_failed_is_kept(
+    database_url: str, hub_data: Path, relay: Relay
+) -> None:
+    relay.refuse = "550 5.1.1 no such mailbox"
+    async with email_hub(database_url, hub_data, relay.port) as env:
+        hub = env.hub
+        w = await world(env)
+        van_hoi = await make_email_office(env, VAN_HOI, "Đảng ủy xã Vân Hội", parent=PROVINCE)
+        _doc, _envelope, body = await send(env, w.province, [van_hoi])
+
+        async def failed() -> list[EmailMessageRow]:
+            return [r for r in await rows(env) if r.state == "failed"]
+
+        assert await eventually(failed, 10)
+        later = int(time.time()) + hub.settings.retention_seconds + 10
+        assert (await collect_garbage(hub, now=later)).bodies_deleted == 0
+        assert hub.blobs.exists(hashlib.sha256(body).digest())
 
 
 async def test_relay_down_for_a_while(database_url: str, hub_data: Path, relay: Relay) -> None:
