@@ -20,8 +20,7 @@ one-time token), so its keys are in the directory and its bearer token carries t
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Final
@@ -30,8 +29,7 @@ from protocol.directory import check_organ_code
 from protocol.errors import RemoteError
 
 from .errors import NodeError
-from .home import HomeLock
-from .keystore import Keystore, KeystoreError
+from .home import ConfigHome, HomeLock
 
 CONFIG_VERSION: Final = 1
 AUDIT_HOME_ENV: Final = "LIENTHONG_AUDIT_HOME"
@@ -93,19 +91,15 @@ class AuditConfig:
             raise NodeError("config_invalid", str(exc)) from None
 
 
-class AuditHome:
+class AuditHome(ConfigHome[AuditConfig]):
     """Paths of one auditor's home folder, and its configuration."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root.expanduser().absolute()
+    CONFIG_NAME = "audit.json"
+    WHAT = "an auditor's home"
+    INIT = "lienthong-audit"
 
-    @property
-    def keystore_path(self) -> Path:
-        return self.root / "keystore.json"
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "audit.json"
+    def parse_config(self, doc: Any) -> AuditConfig:
+        return AuditConfig.from_json(doc)
 
     @property
     def db_path(self) -> Path:
@@ -115,39 +109,9 @@ class AuditHome:
     def proofs(self) -> Path:
         return self.root / "proofs"
 
-    @property
-    def initialised(self) -> bool:
-        return self.config_path.is_file()
-
     def ensure_dirs(self) -> None:
         for folder in (self.root, self.proofs, self.root / "locks"):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-    def load_config(self) -> AuditConfig:
-        try:
-            raw = self.config_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise NodeError(
-                "not_initialised",
-                f"{self.root} is not an auditor's home: run `lienthong-audit init --home {self.root}`",
-            ) from None
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise NodeError("config_invalid", f"audit.json: {exc}") from None
-        return AuditConfig.from_json(doc)
-
-    def save_config(self, config: AuditConfig) -> None:
-        config.check()
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(config), ensure_ascii=False, indent=2) + "\n", "utf-8")
-        os.replace(tmp, self.config_path)
-
-    def open_keystore(self, passphrase: bytes) -> Keystore:
-        try:
-            return Keystore.load(self.keystore_path, passphrase)
-        except KeystoreError as exc:
-            raise NodeError(exc.code, exc.detail) from None
 
     def public_keys(self) -> dict[str, Any]:
         """The keystore's clear part (pinned keys), readable without the passphrase."""

@@ -28,7 +28,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 from protocol.directory import check_organ_code
 from protocol.errors import RemoteError
@@ -92,8 +92,24 @@ class NodeConfig:
             raise NodeError("config_invalid", str(exc)) from None
 
 
-class Home:
-    """Paths of one office's home folder, and its configuration."""
+class _Config(Protocol):
+    """What a home's configuration is: a dataclass that checks itself."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    def check(self) -> Any: ...
+
+
+C = TypeVar("C", bound=_Config)
+
+
+class ConfigHome(Generic[C]):
+    """A home folder with a JSON configuration and a keystore (an office's, an auditor's)."""
+
+    #: The configuration file's name, what the folder is, and the command that makes one.
+    CONFIG_NAME: ClassVar[str]
+    WHAT: ClassVar[str]
+    INIT: ClassVar[str]
 
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().absolute()
@@ -104,7 +120,51 @@ class Home:
 
     @property
     def config_path(self) -> Path:
-        return self.root / "config.json"
+        return self.root / self.CONFIG_NAME
+
+    @property
+    def initialised(self) -> bool:
+        return bool(self.config_path.is_file())
+
+    def parse_config(self, doc: Any) -> C:
+        raise NotImplementedError
+
+    def load_config(self) -> C:
+        try:
+            raw = self.config_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise NodeError(
+                "not_initialised",
+                f"{self.root} is not {self.WHAT}: run `{self.INIT} init --home {self.root}`",
+            ) from None
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise NodeError("config_invalid", f"{self.CONFIG_NAME}: {exc}") from None
+        return self.parse_config(doc)
+
+    def save_config(self, config: C) -> None:
+        config.check()
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(config), ensure_ascii=False, indent=2) + "\n", "utf-8")
+        os.replace(tmp, self.config_path)
+
+    def open_keystore(self, passphrase: bytes) -> Keystore:
+        try:
+            return Keystore.load(self.keystore_path, passphrase)
+        except KeystoreError as exc:
+            raise NodeError(exc.code, exc.detail) from None
+
+
+class Home(ConfigHome[NodeConfig]):
+    """Paths of one office's home folder, and its configuration."""
+
+    CONFIG_NAME = "config.json"
+    WHAT = "an office home"
+    INIT = "lienthong-node"
+
+    def parse_config(self, doc: Any) -> NodeConfig:
+        return NodeConfig.from_json(doc)
 
     @property
     def db_path(self) -> Path:
@@ -142,10 +202,6 @@ class Home:
     def locks(self) -> Path:
         return self.root / "locks"
 
-    @property
-    def initialised(self) -> bool:
-        return bool(self.config_path.is_file())
-
     def ensure_dirs(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for folder in (
@@ -159,32 +215,6 @@ class Home:
             self.locks,
         ):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-    def load_config(self) -> NodeConfig:
-        try:
-            raw = self.config_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise NodeError(
-                "not_initialised",
-                f"{self.root} is not an office home: run `lienthong-node init --home {self.root}`",
-            ) from None
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise NodeError("config_invalid", f"config.json: {exc}") from None
-        return NodeConfig.from_json(doc)
-
-    def save_config(self, config: NodeConfig) -> None:
-        config.check()
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(config), ensure_ascii=False, indent=2) + "\n", "utf-8")
-        os.replace(tmp, self.config_path)
-
-    def open_keystore(self, passphrase: bytes) -> Keystore:
-        try:
-            return Keystore.load(self.keystore_path, passphrase)
-        except KeystoreError as exc:
-            raise NodeError(exc.code, exc.detail) from None
 
     def lock(self, name: str) -> HomeLock:
         return HomeLock(self.locks / f"{name}.lock")
