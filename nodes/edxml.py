@@ -107,6 +107,8 @@ from protocol.packet import (
 from protocol.policy import VN_TZ
 from protocol.receipts import STATUS
 
+from .doctypes import DOC_TYPES
+
 __all__ = [
     "BUSINESS_DOC_TYPES",
     "DEFAULT_TYPE_CODE",
@@ -154,29 +156,8 @@ _ENCODE_CHUNK: Final = 3 * 256 * 1024
 BUSINESS_DOC_TYPES: Final[dict[str, int]] = {"document": 0, "recall": 1, "update": 2, "replace": 3}
 _KIND_OF: Final = {v: k for k, v in BUSINESS_DOC_TYPES.items()}
 
-#: Type abbreviations (ký hiệu loại) and their names, Party and state usage.
-DOC_TYPE_NAMES: Final[dict[str, str]] = {
-    "NQ": "Nghị quyết",
-    "QĐ": "Quyết định",
-    "CT": "Chỉ thị",
-    "KL": "Kết luận",
-    "TB": "Thông báo",
-    "BC": "Báo cáo",
-    "KH": "Kế hoạch",
-    "CTr": "Chương trình",
-    "TTr": "Tờ trình",
-    "HD": "Hướng dẫn",
-    "CV": "Công văn",
-    "BB": "Biên bản",
-    "ĐA": "Đề án",
-    "PA": "Phương án",
-    "GM": "Giấy mời",
-    "QC": "Quy chế",
-    "TT": "Thông tư",
-    "NĐ": "Nghị định",
-    "CĐ": "Công điện",
-    "GGT": "Giấy giới thiệu",
-}
+#: Type abbreviations (ký hiệu loại) and their names (one table with the registers).
+DOC_TYPE_NAMES: Final = DOC_TYPES
 #: Other names clerks' systems write for the same types.
 _TYPE_ALIASES: Final = {"quy dinh": "QĐ", "van ban": "CV"}
 #: DocumentType/Type written when the caller gives none: 1, as the public SDK samples write

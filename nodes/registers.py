@@ -23,32 +23,13 @@ import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Final
+from typing import Any
 
 from protocol.policy import VN_TZ
 
+from .doctypes import type_name as type_name  # re-exported
 from .errors import NodeError
 from .registers_export import IncomingRow, OutgoingRow, export_register
-
-#: Party document types (ký hiệu loại văn bản) and their names.
-DOC_TYPES: Final[Mapping[str, str]] = {
-    "NQ": "Nghị quyết",
-    "QĐ": "Quyết định",
-    "QyĐ": "Quy định",
-    "CT": "Chỉ thị",
-    "KL": "Kết luận",
-    "TB": "Thông báo",
-    "BC": "Báo cáo",
-    "KH": "Kế hoạch",
-    "CTr": "Chương trình",
-    "TTr": "Tờ trình",
-    "HD": "Hướng dẫn",
-    "CV": "Công văn",
-    "BB": "Biên bản",
-    "ĐA": "Đề án",
-    "PA": "Phương án",
-    "GM": "Giấy mời",
-}
 
 
 def vn_date(ts: int | None = None) -> date:
@@ -96,10 +77,6 @@ def reference(number: str | None, notation: str | None) -> str:
     if number and notation:
         return f"{number}-{notation}"
     return number or notation or ""
-
-
-def type_name(doc_type: str | None) -> str:
-    return DOC_TYPES.get(doc_type or "", doc_type or "")
 
 
 def _vn_day(ts: Any) -> date | None:
