@@ -22,6 +22,7 @@ codes (``field_missing``, ``field_invalid``, ``field_unknown``), so format modul
 from __future__ import annotations
 
 import io
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, TypeAlias
@@ -45,10 +46,40 @@ def encode(value: Any) -> bytes:
     return cbor2.dumps(value, canonical=True)
 
 
+#: Leaf types, compared exactly (``type(x) in``: a bool is not taken for an int, and the
+#: walks below skip a call per leaf -- they run on every packet and receipt).
+_LEAVES: Final = frozenset({bool, type(None), bytes, str})
+_KEYS: Final = frozenset({str, int})
+
+
 def _check_encodable(value: Any, depth: int) -> None:
     if depth > 32:
         raise LocalError("value nested too deeply to encode")
-    if isinstance(value, bool) or value is None or isinstance(value, bytes | str):
+    kind = type(value)
+    if kind in _LEAVES:
+        return
+    if kind is int:
+        if not -(2**64) <= value < 2**64:
+            raise LocalError("integer out of CBOR major type 0/1 range")
+        return
+    if kind is list or kind is tuple:
+        for item in value:
+            if type(item) not in _LEAVES or depth >= 32:
+                _check_encodable(item, depth + 1)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) not in _KEYS and (not isinstance(key, str | int) or isinstance(key, bool)):
+                raise LocalError(f"map key of type {type(key).__name__} is not allowed")
+            if type(item) not in _LEAVES or depth >= 32:
+                _check_encodable(item, depth + 1)
+        return
+    _check_encodable_subclass(value, depth)
+
+
+def _check_encodable_subclass(value: Any, depth: int) -> None:
+    """Instances of subclasses of the protocol's types (an ``IntEnum``, say)."""
+    if isinstance(value, bool | bytes | str):
         return
     if isinstance(value, int):
         if not -(2**64) <= value < 2**64:
@@ -155,32 +186,41 @@ def _classify(exc: cbor2.CBORDecodeError) -> RemoteError:
 def _check_decoded(value: Any, depth: int, max_depth: int) -> None:
     if depth > max_depth:
         raise RemoteError("cbor_too_deep")
-    if isinstance(value, bool) or value is None:
+    kind = type(value)
+    if kind in _LEAVES or kind is int:
         return
-    if isinstance(value, int | bytes | str):
-        return
-    if isinstance(value, list):
+    if kind is list:
         for item in value:
+            t = type(item)
+            if (t in _LEAVES or t is int) and depth < max_depth:
+                continue
             _check_decoded(item, depth + 1, max_depth)
         return
-    if isinstance(value, dict):
+    if kind is dict:
         for key, item in value.items():
-            if not isinstance(key, str | int) or isinstance(key, bool):
+            if type(key) not in _KEYS:
                 raise RemoteError("cbor_type_unsupported", "map keys must be text or integers")
+            t = type(item)
+            if (t in _LEAVES or t is int) and depth < max_depth:
+                continue
             _check_decoded(item, depth + 1, max_depth)
         return
     raise RemoteError("cbor_type_unsupported", f"{type(value).__name__} values are not allowed")
+
+
+#: Unicode category Cc is exactly these code points (C0, DEL and C1 controls).
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_NOT_MULTILINE: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def check_text(value: str, *, name: str, max_len: int, multiline: bool = False) -> str:
     """Accept only NFC text without control characters (tabs/newlines if ``multiline``)."""
     if len(value) > max_len:
         raise RemoteError("field_invalid", f"{name} is longer than {max_len} characters")
-    if unicodedata.normalize("NFC", value) != value:
+    if not unicodedata.is_normalized("NFC", value):
         raise RemoteError("text_invalid", f"{name} is not NFC-normalised")
-    for ch in value:
-        if unicodedata.category(ch) == "Cc" and not (multiline and ch in "\n\t"):
-            raise RemoteError("text_invalid", f"{name} holds a control character")
+    if (_CONTROL_NOT_MULTILINE if multiline else _CONTROL).search(value):
+        raise RemoteError("text_invalid", f"{name} holds a control character")
     return value
 
 

@@ -6,6 +6,7 @@ problem responses and the fuzz harnesses rely on nothing but RemoteError escapin
 
 from __future__ import annotations
 
+import enum
 import unicodedata
 from typing import Any
 
@@ -504,3 +505,48 @@ def test_fields_text_refuses_nfd() -> None:
     with pytest.raises(RemoteError) as info:
         _f(subject=unicodedata.normalize("NFD", SUBJECT)).text("subject", max_len=4000)
     assert info.value.code == "text_invalid"
+
+
+def test_control_character_set_is_unicode_category_cc() -> None:
+    """check_text's pattern matches exactly the Cc code points (all below U+00A0)."""
+    for cp in range(0x110000):
+        ch = chr(cp)
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        is_cc = unicodedata.category(ch) == "Cc"
+        try:
+            check_text(f"a{ch}b", name="x", max_len=10)
+            refused = False
+        except RemoteError as exc:
+            refused = exc.code == "text_invalid" and unicodedata.is_normalized("NFC", f"a{ch}b")
+        if is_cc:
+            assert refused, hex(cp)
+        elif unicodedata.is_normalized("NFC", f"a{ch}b"):
+            assert not refused, hex(cp)
+
+
+def test_encode_depth_bound_counts_leaves() -> None:
+    def nested(levels: int, leaf: Any) -> Any:
+        value = leaf
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    encode(nested(32, 1))
+    encode(nested(32, "chữ"))
+    for leaf in (1, "chữ", b"x", None, True):
+        with pytest.raises(LocalError):
+            encode(nested(33, leaf))
+
+
+def test_encode_accepts_subclasses_of_the_protocol_types() -> None:
+    class Status(enum.IntEnum):
+        REGISTERED = 3
+
+    class Kind(enum.StrEnum):
+        DOCUMENT = "document"
+
+    assert encode({Kind.DOCUMENT: Status.REGISTERED}) == encode({"document": 3})
+    assert encode((1, [2])) == encode([1, [2]])
+    with pytest.raises(LocalError):
+        encode({Status.REGISTERED: 1.5})
