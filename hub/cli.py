@@ -167,6 +167,9 @@ def serve(
       lienthong-hub serve --data /srv/lienthong
       lienthong-hub serve --data /srv/lienthong --host 0.0.0.0 --port 8443
       lienthong-hub serve --data /srv/lienthong --smtp-port 2525
+      LIENTHONG_TLS_CERT=fullchain.pem LIENTHONG_TLS_KEY=privkey.pem \\
+          lienthong-hub serve --data /srv/lienthong --host 0.0.0.0 --port 8443
+    HTTPS when tls_cert and tls_key are set (hub.toml or LIENTHONG_TLS_CERT/_KEY).
     The listening address is logged as a JSON line {"event": "listening", ...}, the
     e-mail gateway's as {"event": "smtp_listening", ...} (see docs/email.md).
     """
@@ -178,6 +181,7 @@ def serve(
         settings = _settings(data, host=host, port=port, database_url=database_url, email=email)
         configure_logging(settings.log_level)
         log = get_logger("hub.serve")
+        tls = settings.ssl_context()  # a bad certificate or key stops here, before anything
         if settings.migrate_on_start:
             # Migrations run in a child process: the long-lived server then never loads
             # Alembic and its templates, about 10 MiB of resident memory per process.
@@ -193,11 +197,17 @@ def serve(
             app = create_app(settings)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
             await runner.setup()
-            site = web.TCPSite(runner, settings.host, settings.port)
+            site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
             await site.start()
             addresses = runner.addresses
             port_bound = addresses[0][1] if addresses else settings.port
-            log.info("listening", host=settings.host, port=port_bound, pid=os.getpid())
+            log.info(
+                "listening",
+                host=settings.host,
+                port=port_bound,
+                scheme=settings.scheme,
+                pid=os.getpid(),
+            )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

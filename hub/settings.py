@@ -6,11 +6,17 @@ file ``<data dir>/hub.toml`` that ``lienthong-hub init`` writes, then the defaul
 
 The embedded default needs no server: a SQLite file and a blob folder inside the data dir.
 Production points ``database_url`` at PostgreSQL (``postgresql+asyncpg://...``).
+
+HTTPS: ``tls_cert`` (the certificate chain, PEM, leaf first) and ``tls_key`` (its private
+key, PEM) make ``serve`` speak TLS 1.2 or newer itself; without them it speaks plain HTTP,
+for a reverse proxy in front (see ``deploy/TLS.md``).  Relative paths are taken from the
+data dir.
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Final
@@ -78,6 +84,9 @@ class HubSettings(BaseSettings):
     blob_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    #: HTTPS: the certificate chain (PEM, leaf first) and its private key; both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     token_lifetime: int = Field(default=900, ge=10)
     challenge_lifetime: int = Field(default=60, ge=5)
@@ -147,6 +156,12 @@ class HubSettings(BaseSettings):
             object.__setattr__(self, "database_url", f"sqlite+aiosqlite:///{data / 'hub.sqlite3'}")
         if self.blob_dir is None:
             object.__setattr__(self, "blob_dir", data / "blobs")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None:
+                object.__setattr__(self, name, data / path.expanduser())
         return self
 
     # -- derived objects ---------------------------------------------------------------
@@ -165,6 +180,31 @@ class HubSettings(BaseSettings):
 
     def route_policy(self) -> RoutePolicy:
         return RoutePolicy(frozenset(self.route_rules))
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls_cert is None else "https"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (TLS 1.2 or newer), or None for plain HTTP.
+
+        Raises LocalError naming the setting when a file is missing or unreadable, or the
+        key does not belong to the certificate: ``serve`` stops before it listens.
+        """
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        for name, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
+            if not path.is_file():
+                raise LocalError(f"{name}: {path} is not a file")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except OSError as exc:  # ssl.SSLError too: a bad PEM, a key of another certificate
+            raise LocalError(
+                f"tls_cert {self.tls_cert} and tls_key {self.tls_key} do not load: {exc}"
+            ) from None
+        return context
 
     def size_limits(self) -> SizeLimits:
         return SizeLimits(

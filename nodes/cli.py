@@ -352,6 +352,11 @@ def init(
             async with HubClient(
                 config.hub_url, organ=code, ca_file=config.ca_file or None
             ) as client:
+                if authority_fpr:
+                    # Before the one-time token is spent: a wrong hub must not consume it.
+                    authority, _hub_key = await client.identity()
+                    _check_authority(authority_fpr, authority.kid)
+                    client.authority = authority  # enrol() refuses an answer naming another
                 for attempt in (1, 2):
                     signing = SigningPrivateKey.generate(hybrid=use_hybrid)
                     encryption = EncryptionPrivateKey.generate(hybrid=use_hybrid)
@@ -365,12 +370,6 @@ def init(
                             continue
                         raise
                     break
-            if authority_fpr and not _fpr_matches(authority_fpr, enrolled.authority.kid):
-                raise NodeError(
-                    "hub_key_mismatch",
-                    f"the hub's directory authority is {fingerprint(enrolled.authority.kid)}, "
-                    f"not {authority_fpr}",
-                )
             keystore = Keystore(
                 organ=code,
                 hub_url=config.hub_url,
@@ -445,6 +444,14 @@ async def _warm_directory(home: Home, config: NodeConfig, store: Store, keystore
 def _fpr_matches(given: str, kid: bytes) -> bool:
     cleaned = given.replace(":", "").lower()
     return len(cleaned) >= 8 and kid.hex().startswith(cleaned)
+
+
+def _check_authority(given: str, kid: bytes) -> None:
+    if not _fpr_matches(given, kid):
+        raise NodeError(
+            "hub_key_mismatch",
+            f"the hub's directory authority is {fingerprint(kid)}, not {given}",
+        )
 
 
 # --- send ----------------------------------------------------------------------------------

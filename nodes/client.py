@@ -301,8 +301,12 @@ class HubClient:
             return token
 
     async def identity(self) -> tuple[SigningPublicKey, SigningPublicKey]:
-        """The hub's (authority key, hub key), as it announces them now."""
-        doc = await self._call("GET", "/v1/directory/authority")
+        """The hub's (authority key, hub key), as it announces them now.
+
+        Asked without a session (the keys are public): a node compares them with the
+        pinned ones before it logs in, ``init --authority`` before it spends the token.
+        """
+        doc = await self._call("GET", "/v1/directory/authority", auth=False)
         return _public_key(doc.get("authority"), "authority key"), _public_key(
             doc.get("hub_key"), "hub key"
         )

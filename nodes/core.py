@@ -239,7 +239,12 @@ class AgentCore:
             yield progress
 
     async def check_identity(self) -> None:
-        """The hub must still announce the keys pinned at enrolment."""
+        """The hub must still announce the keys pinned at enrolment.
+
+        A round asks this first, before logging in (the keys are public): another hub at
+        the configured address is named as such, ``hub_key_mismatch``, rather than
+        refusing an organ it does not know.
+        """
         if self._identity_checked:
             return
         authority, hub_key = await self.client.identity()

@@ -30,7 +30,10 @@ NODE_CODES: Final[dict[str, str]] = {
     "file_name_invalid": "A file name cannot travel (a path, a control character ...).",
     "file_unreadable": "A file to send cannot be read.",
     "files_missing": "No file to send was named.",
-    "hub_certificate_invalid": "The hub's TLS certificate does not verify.",
+    "hub_certificate_invalid": (
+        "The hub's TLS certificate does not verify against the trusted CAs "
+        "(ca_file in config.json, else the system's)."
+    ),
     "hub_key_mismatch": "The hub announces other keys than the ones pinned at enrolment.",
     "hub_unreachable": "The hub cannot be reached; what waits for it stays queued.",
     "http_error": "The hub answered with an HTTP error and no problem body.",

@@ -188,7 +188,10 @@ VI_CODES: Final[Mapping[str, str]] = {
     "enrolment_token_invalid": "Mã đăng ký không đúng, đã hết hạn hoặc đã dùng.",
     "register_number_taken": "Số này đã được dùng trong sổ.",
     "hub_key_mismatch": "Khóa của hub khác với khóa đã ghim khi đăng ký.",
-    "hub_certificate_invalid": "Chứng chỉ TLS của hub không hợp lệ.",
+    "hub_certificate_invalid": (
+        "Chứng chỉ TLS của hub không được xác thực bởi CA tin cậy "
+        "(ca_file trong config.json, nếu không có thì CA của hệ thống)."
+    ),
 }
 
 

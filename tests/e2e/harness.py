@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -90,6 +91,11 @@ class Hub:
         self._reader = threading.Thread()
         self.hybrid = False
         self._admin: tuple[str, SigningPrivateKey, str] | None = None
+        self.scheme = "http"
+        #: The CA the harness trusts for an https hub's admin API.
+        self.ca_file: Path | None = None
+        #: Fingerprints ``init`` printed: {"hub key": ..., "directory authority": ...}.
+        self.fingerprints: dict[str, str] = {}
 
     def cli(self, *args: str) -> str:
         proc = subprocess.run(
@@ -101,7 +107,11 @@ class Hub:
     def init(self, *, hybrid: bool = False, database_url: str | None = None) -> Hub:
         self.hybrid = hybrid
         extra = ["--database-url", database_url] if database_url else []
-        self.cli("init", "--data", str(self.data), *(["--hybrid"] if hybrid else []), *extra)
+        out = self.cli("init", "--data", str(self.data), *(["--hybrid"] if hybrid else []), *extra)
+        for line in out.splitlines():
+            name, _, value = line.partition(":")
+            if name in ("hub key", "directory authority"):
+                self.fingerprints[name] = value.strip()
         return self
 
     def start(self, port: int = 0, timeout: float = 60, **settings: str) -> Hub:
@@ -127,6 +137,7 @@ class Hub:
                 self.lines.append(line)
                 if line.get("event") == "listening":
                     self.port = int(line["port"])
+                    self.scheme = str(line.get("scheme") or "http")
                     ready.set()
             ready.set()
 
@@ -146,7 +157,7 @@ class Hub:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def blob_path(self, digest_hex: str) -> Path:
         return self.data / "blobs" / digest_hex[:2] / digest_hex[2:4] / digest_hex
@@ -175,8 +186,9 @@ class Hub:
         )
         if token:
             req.add_header("Authorization", f"Bearer {token}")
+        context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=context) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             raise AssertionError(f"{method} {path}: {exc.code} {exc.read()!r}") from None
@@ -307,3 +319,97 @@ def files_of(folder: Path) -> dict[str, bytes]:
 def iter_lines(path: Path) -> Iterator[str]:
     if path.exists():
         yield from path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+# --- TLS ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Tls:
+    """A throwaway CA and a server certificate it issued for 127.0.0.1 (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(folder: Path, *, server: bool = True) -> Tls:
+    """A new CA in ``folder`` and, with ``server``, a certificate for 127.0.0.1 it signed."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    now = datetime.datetime.now(datetime.UTC)
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"lienthong test CA {folder.name}")]
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    tls = Tls(folder / "ca.pem", folder / "server.pem", folder / "server.key")
+    tls.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    if not server:
+        return tls
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    tls.key.write_bytes(pem_key(key))
+    tls.key.chmod(0o600)
+    return tls

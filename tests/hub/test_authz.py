@@ -2,9 +2,10 @@
 
 Callers: anonymous, office A (the sender of a packet), office B (its recipient), an
 auditor, an admin, an office whose key was revoked, and an office whose token expired.
-Only health, metrics, the OpenAPI file and the log's checkpoint answer without a token;
-enrolment and sessions carry their own proof instead (a one-time token, a signed
-challenge), so they answer the same to everyone -- here a 400 for an empty body.
+Only health, metrics, the OpenAPI file, the log's checkpoint and the hub's public keys
+answer without a token; enrolment and sessions carry their own proof instead (a one-time
+token, a signed challenge), so they answer the same to everyone -- here a 400 for an
+empty body.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ async def test_authorisation_matrix(hub_env: HubEnv) -> None:
         ("POST", "/v1/enrol", {"json": {}}, BY_PROOF),
         ("POST", "/v1/sessions/challenge", {"json": {}}, BY_PROOF),
         ("POST", "/v1/sessions", {"json": {}}, BY_PROOF),
-        ("GET", "/v1/directory/authority", {}, row(200, 200, 200, 200)),
+        ("GET", "/v1/directory/authority", {}, PUBLIC),
         ("GET", f"/v1/directory/{w.yen_lac.code}", {}, row(200, 200, 200, 200)),
         ("GET", f"/v1/directory?organs={w.yen_lac.code}", {}, row(200, 200, 200, 200)),
         ("GET", f"/v1/directory/{w.province.code}/children", {}, row(200, 200, 200, 200)),
