@@ -43,6 +43,7 @@ from .audithome import AUDIT_HOME_ENV, AuditConfig, AuditHome
 from .auditor import AUDIT_CODES, AuditAlarm, Auditor, cosigners, verify_file
 from .auditstore import AuditStore
 from .client import HubClient
+from .cliopts import home_option, json_option, passphrase_option
 from .errors import HubError, HubUnavailable, NodeError, error_code, error_detail
 from .home import read_passphrase
 from .keystore import Keystore
@@ -185,26 +186,9 @@ def _key_of(doc: Any) -> SigningPublicKey:
     return SigningPublicKey.from_raw(str(doc["alg"]), base64.b64decode(str(doc["pub"])))
 
 
-def _home(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--home",
-        type=click.Path(path_type=Path, file_okay=False),
-        envvar=AUDIT_HOME_ENV,
-        required=True,
-        help=f"The auditor's home folder. Env: {AUDIT_HOME_ENV}.",
-    )(f)
-
-
-def _json(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
-
-
-def _passphrase(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--passphrase-file",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Read the keystore passphrase from this file (else LIENTHONG_PASSPHRASE or a prompt).",
-    )(f)
+_home = home_option(AUDIT_HOME_ENV, "The auditor's home folder")
+_json = json_option
+_passphrase = passphrase_option
 
 
 def _when(iso_text: str | None) -> str:

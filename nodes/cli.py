@@ -49,6 +49,7 @@ from . import i18n, registers, witness
 from .agent import Agent, RoundReport
 from .client import HubClient
 from .client import Progress as ProgressFn
+from .cliopts import home_option, json_option, passphrase_option
 from .email_transport import init_extra, init_options, make_agent
 from .errors import HubError, HubUnavailable, NodeError, error_code, error_detail
 from .home import HOME_ENV, Home, NodeConfig, read_passphrase
@@ -154,27 +155,9 @@ def _errors(ui: Ui) -> Iterator[None]:
 # --- common options ------------------------------------------------------------------------
 
 
-def _home_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--home",
-        "home",
-        type=click.Path(path_type=Path, file_okay=False),
-        envvar=HOME_ENV,
-        required=True,
-        help=f"The office's home folder. Env: {HOME_ENV}.",
-    )(f)
-
-
-def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
-
-
-def _passphrase_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--passphrase-file",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Read the keystore passphrase from this file (else LIENTHONG_PASSPHRASE or a prompt).",
-    )(f)
+_home_option = home_option(HOME_ENV, "The office's home folder")
+_json_option = json_option
+_passphrase_option = passphrase_option
 
 
 def common(f: Callable[..., Any]) -> Callable[..., Any]:
