@@ -20,6 +20,7 @@ inserts for the whole batch.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -49,6 +50,11 @@ AWAITING: Final = "awaiting_body"
 ACCEPTED: Final = "accepted"
 #: Bytes handed to the blob writer at a time.
 WRITE_CHUNK: Final = 1024 * 1024
+#: From this many recipients on, they are woken once the submitter's receipt is signed
+#: (or after :data:`WAKE_DEFER_MAX` seconds): their long-polls answering all at once would
+#: otherwise hold up the submitter's own answer on the event loop until the last of them.
+QUIET_FANOUT: Final = 50
+WAKE_DEFER_MAX: Final = 0.5
 log = get_logger("hub.packets")
 
 
@@ -399,7 +405,12 @@ def _accepted_fields(env: Envelope, transport: str) -> dict[str, Any]:
 
 
 async def _record_acceptance(
-    hub: Hub, session: AsyncSession, envs: Sequence[tuple[Envelope, str]], at: int
+    hub: Hub,
+    session: AsyncSession,
+    envs: Sequence[tuple[Envelope, str]],
+    at: int,
+    *,
+    notify: bool = True,
 ) -> None:
     """Deliveries, mailbox items, audit events and pending receipts for accepted packets.
 
@@ -451,7 +462,48 @@ async def _record_acceptance(
         await session.execute(_INSERT_MAILBOX, mail)
     if pending:
         await session.execute(_INSERT_RECEIPTS_PENDING, pending)
-    await hub.notifier.publish(session, organs)
+    if notify:
+        await hub.notifier.publish(session, organs)
+
+
+def _quiet(envs: Sequence[Envelope]) -> bool:
+    """Whether to wake the recipients only after the submitter's receipts (a fan-out)."""
+    return sum(len(env.recipients) for env in envs) >= QUIET_FANOUT
+
+
+_notifying: set[asyncio.Task[None]] = set()
+
+
+async def _publish(hub: Hub, organs: set[str]) -> None:
+    try:
+        async with hub.sessions.begin() as session:
+            await hub.notifier.publish(session, organs)
+    except Exception:  # a hint only: the other processes' long-polls re-check anyway
+        log.exception("notifying the other hub processes failed")
+
+
+async def _wake_and_wait(hub: Hub, envs: Sequence[Envelope], quiet: bool) -> dict[bytes, bytes]:
+    """After the commit: wake the recipients and wait for the submitter's receipts.
+
+    ``quiet`` (a fan-out, see :data:`QUIET_FANOUT`): the transaction did not notify; the
+    recipients are woken here once the receipts are signed, or after
+    :data:`WAKE_DEFER_MAX` seconds, and in any case before returning or being cancelled.
+    """
+    organs = {s.organ for env in envs for s in env.recipients}
+    ids = [env.packet_id for env in envs]
+    wait = hub.settings.receipt_wait
+    if not quiet:
+        hub.notifier.wake(organs)
+        return await hub.signer.wait_accepted_many(ids, wait)
+    waiting = asyncio.ensure_future(hub.signer.wait_accepted_many(ids, wait))
+    try:
+        await asyncio.wait([waiting], timeout=min(WAKE_DEFER_MAX, wait))
+    finally:
+        hub.notifier.wake(organs)
+        task = asyncio.ensure_future(_publish(hub, organs))
+        _notifying.add(task)
+        task.add_done_callback(_notifying.discard)
+    return await waiting
 
 
 async def accept(hub: Hub, packet: Packet, env: Envelope) -> Answer:
@@ -463,9 +515,10 @@ async def accept(hub: Hub, packet: Packet, env: Envelope) -> Answer:
             .values(state=ACCEPTED, accepted_at=at)
         )
         if claimed.rowcount == 1:  # type: ignore[attr-defined]
-            await _record_acceptance(hub, session, [(env, packet.transport)], at)
+            await _record_acceptance(
+                hub, session, [(env, packet.transport)], at, notify=not _quiet([env])
+            )
     if claimed.rowcount == 1:  # type: ignore[attr-defined]
-        hub.notifier.wake(s.organ for s in env.recipients)
         hub.metrics.packets_accepted.inc()
         log.info(
             "packet accepted",
@@ -473,8 +526,8 @@ async def accept(hub: Hub, packet: Packet, env: Envelope) -> Answer:
             body_sha256=env.body_info.sha256.hex(),
             size=env.body_info.size,
         )
-        receipt = await hub.signer.wait_accepted(packet.id, hub.settings.receipt_wait)
-        return Answer(200, accepted_doc(packet.id, at, receipt))
+        receipts = await _wake_and_wait(hub, [env], _quiet([env]))
+        return Answer(200, accepted_doc(packet.id, at, receipts.get(packet.id)))
     # Accepted meanwhile by another request: answer what that one stored.
     await hub.signer.wait_accepted(packet.id, hub.settings.receipt_wait)
     async with hub.sessions() as session:
@@ -547,6 +600,7 @@ async def submit_batch(
                 await hub.blocking(
                     hub.blobs.put_many, [(b, env.body_info.sha256) for _, env, b in good]
                 )
+            quiet = _quiet([env for _, env, _ in good])
             if good or refusals:
                 await _accept_many(
                     hub,
@@ -555,6 +609,7 @@ async def submit_batch(
                     refusals,
                     at,
                     transport,
+                    quiet=quiet,
                 )
     except (IntegrityError, _Concurrent):
         # A concurrent submission of one of these ids: fall back to one at a time.  The
@@ -569,9 +624,7 @@ async def submit_batch(
         _accepted_now(hub, [env for _, env, _ in good], refusals)
     if good:
         hub.metrics.body_bytes.labels("in").inc(sum(len(b) for _, _, b in good))
-        receipts = await hub.signer.wait_accepted_many(
-            [env.packet_id for _, env, _ in good], hub.settings.receipt_wait
-        )
+        receipts = await _wake_and_wait(hub, [env for _, env, _ in good], quiet)
         for i, env, _ in good:
             doc = accepted_doc(env.packet_id, at, receipts.get(env.packet_id))
             results[i] = {"status": 200, **doc}
@@ -585,6 +638,8 @@ async def _accept_many(
     refusals: Sequence[tuple[Envelope, RemoteError]],
     at: int,
     transport: str,
+    *,
+    quiet: bool,
 ) -> None:
     """In the caller's transaction: store new packets, claim awaiting ones, record it all."""
     new = [env for env, row in packets if row is None]
@@ -606,6 +661,7 @@ async def _accept_many(
         session,
         [(env, row.transport if row is not None else transport) for env, row in packets],
         at,
+        notify=not quiet,
     )
     for env, exc in refusals:
         await append_event(
@@ -622,10 +678,9 @@ async def _accept_many(
 def _accepted_now(
     hub: Hub, accepted: Sequence[Envelope], refusals: Sequence[tuple[Envelope, RemoteError]]
 ) -> None:
-    """After the commit: wake the recipients, count, log (ids only)."""
+    """After the commit: count, log (ids only)."""
     for _, exc in refusals:
         hub.metrics.policy_refused.labels(exc.code).inc()
-    hub.notifier.wake(s.organ for env in accepted for s in env.recipients)
     hub.metrics.packets_accepted.inc(len(accepted))
     log.info("batch accepted", packets=len(accepted), refused=len(refusals))
 
