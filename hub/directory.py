@@ -167,6 +167,43 @@ async def tree_around(session: AsyncSession, codes: Iterable[str]) -> Tree:
     return Tree(parents)
 
 
+_AROUND = text(
+    """
+    WITH RECURSIVE up(code, parent, depth) AS (
+        SELECT code, parent, 0 FROM organs WHERE code IN :codes
+        UNION
+        SELECT o.code, o.parent, up.depth + 1
+        FROM organs o JOIN up ON o.code = up.parent
+        WHERE up.depth < :depth
+    )
+    SELECT organs.code, organs.parent, organs.entry FROM organs
+    WHERE organs.code IN (SELECT code FROM up)
+    """
+).bindparams(bindparam("codes", expanding=True))
+
+
+async def lookup(
+    session: AsyncSession, cache: EntryCache, codes: Iterable[str]
+) -> tuple[dict[str, DirectoryEntry], Tree]:
+    """:func:`verified_entries` and :func:`tree_around` of ``codes`` in one query.
+
+    What a submission needs of the directory: the signed entries of its sender and
+    recipients (verified, through ``cache``) and the tree above them.
+    """
+    wanted = sorted(set(codes))
+    parents: dict[str, str | None] = {}
+    entries: dict[str, DirectoryEntry] = {}
+    for start in range(0, len(wanted), 1000):
+        chunk = wanted[start : start + 1000]
+        asked = set(chunk)
+        rows = await session.execute(_AROUND, {"codes": chunk, "depth": TREE_DEPTH_MAX})
+        for code, parent, entry in rows:
+            parents[code] = parent
+            if entry is not None and code in asked:
+                entries[code] = cache.verify(bytes(entry))
+    return entries, Tree(parents)
+
+
 _DESCENDANTS = text(
     """
     WITH RECURSIVE down(code, depth) AS (

@@ -8,8 +8,16 @@ in ``log_entries`` (by packet id and exact bytes), signs the receipt and files i
 ``accepted`` on the packet row (returned to the uploader, and on every idempotent
 re-submission), ``fetched`` in the delivery's history and in the sender's mailbox.
 
-:class:`ReceiptSigner` runs :func:`sign_ready` in the background; the upload handler pokes
-the sequencer and waits briefly so that its answer usually carries the signed receipt.
+Who signs what:
+
+* a submission waits (briefly) for its ``accepted`` receipts with
+  :meth:`ReceiptSigner.wait_accepted_many`: rounds of "sequence now, then sign the
+  receipts this process is waiting for", shared by every concurrent submission of the
+  process (group commit), the signed bytes handed to the waiters without reading them back;
+* the background loop (:meth:`ReceiptSigner.run`) signs every ``fetched`` receipt, and the
+  ``accepted`` ones nobody waits for any more (older than :data:`LEFT_OVER` seconds: the
+  answer went out without it, or the process stopped).
+
 Several hub processes may sign concurrently: PostgreSQL's ``SKIP LOCKED`` gives each
 pending row to one of them.
 """
@@ -18,18 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub.auditlog.models import LogEntry
+from hub.auditlog.sequencer import LOCK_KEY
 from protocol.keys import SigningPrivateKey
 from protocol.merkle import leaf_hash
 from protocol.receipts import HubReceipt, parse_hub_receipt, sign_hub_receipt
 
+from .clock import now
 from .logs import get_logger
 from .models import DeliveryEvent, HubReceiptPending, MailboxItem, Packet
 from .notify import MailboxNotifier
@@ -37,111 +47,159 @@ from .notify import MailboxNotifier
 #: The ``signer`` column of a hub receipt in a delivery's history.
 HUB_SIGNER: Final = "hub"
 BATCH: Final = 1000
+#: Seconds after which the background loop signs an ``accepted`` receipt too: until then
+#: the submission that queued it signs it in its own round (and gets the bytes directly).
+LEFT_OVER: Final = 1
+#: Longest pause between two attempts of a waiting submission (it starts at 50 ms).
+WAIT_STEP_MAX: Final = 0.5
 log = get_logger("hub.receipts")
 
 
-async def sign_ready(
-    session: AsyncSession, key: SigningPrivateKey, notifier: MailboxNotifier, postgres: bool
-) -> tuple[list[bytes], set[str]]:
-    """Sign the pending receipts whose events are indexed; returns (packet ids, organs to wake).
+@dataclass(slots=True)
+class Signed:
+    """What one signing pass did."""
 
-    Runs in the caller's transaction.
+    #: The packet ids of every receipt signed, in order.
+    packet_ids: list[bytes] = field(default_factory=list)
+    #: Organs whose mailbox got a ``fetched`` receipt (to wake).
+    wake: set[str] = field(default_factory=set)
+    #: The ``accepted`` receipts signed, by packet id.
+    accepted: dict[bytes, bytes] = field(default_factory=dict)
+
+
+async def sign_ready(
+    session: AsyncSession,
+    key: SigningPrivateKey,
+    notifier: MailboxNotifier,
+    postgres: bool,
+    *,
+    only: Collection[bytes] | None = None,
+    accepted_before: int | None = None,
+) -> Signed:
+    """Sign the pending receipts whose events are indexed, in the caller's transaction.
+
+    ``only``: just the ``accepted`` receipts of these packets (a submission's round);
+    ``accepted_before``: ``accepted`` receipts only when queued before that time (the
+    background pass; ``fetched`` ones always).
     """
-    query = select(HubReceiptPending).order_by(HubReceiptPending.id).limit(BATCH)
+    query = (
+        select(
+            HubReceiptPending.id,
+            HubReceiptPending.kind,
+            HubReceiptPending.packet_id,
+            HubReceiptPending.organ,
+            HubReceiptPending.at,
+            HubReceiptPending.event,
+            Packet.envelope_digest,
+            Packet.sender,
+            Packet.urgency,
+        )
+        .join(Packet, Packet.id == HubReceiptPending.packet_id)
+        .order_by(HubReceiptPending.id)
+        .limit(BATCH)
+    )
+    if only is not None:
+        if not only:
+            return Signed()
+        query = query.where(
+            HubReceiptPending.kind == "accepted", HubReceiptPending.packet_id.in_(set(only))
+        )
+    elif accepted_before is not None:
+        query = query.where(
+            or_(HubReceiptPending.kind != "accepted", HubReceiptPending.at < accepted_before)
+        )
     if postgres:
-        query = query.with_for_update(skip_locked=True)
-    pending = (await session.scalars(query)).all()
+        query = query.with_for_update(of=HubReceiptPending, skip_locked=True)
+    pending = [
+        (row_id, kind, bytes(pid), organ, at, bytes(event), bytes(digest), sender, urgency)
+        for row_id, kind, pid, organ, at, event, digest, sender, urgency in await session.execute(
+            query
+        )
+    ]
     if not pending:
-        return [], set()
-    packet_ids = {p.packet_id for p in pending}
+        return Signed()
     rows = await session.execute(
         select(LogEntry.idx, LogEntry.data, LogEntry.packet_id).where(
-            LogEntry.packet_id.in_(packet_ids),
-            LogEntry.leaf_hash.in_({leaf_hash(p.event) for p in pending}),
+            LogEntry.packet_id.in_({p[2] for p in pending}),
+            LogEntry.leaf_hash.in_({leaf_hash(p[5]) for p in pending}),
         )
     )
     indexes = {(bytes(pid), bytes(data)): idx for idx, data, pid in rows if pid is not None}
-    packets = {
-        bytes(p.id): p
-        for p in await session.execute(
-            select(
-                Packet.id, Packet.envelope_digest, Packet.sender, Packet.urgency, Packet.accepted_at
-            ).where(Packet.id.in_(packet_ids))
-        )
-    }
-    signed: list[bytes] = []
-    accepted: list[dict[str, Any]] = []
+    out = Signed()
+    updates: list[dict[str, Any]] = []
     fetched: list[dict[str, Any]] = []
+    about: dict[bytes, tuple[str, int]] = {}
     done: list[int] = []
-    when: dict[bytes, int] = {}
-    for item in pending:
-        index = indexes.get((item.packet_id, item.event))
+    for row_id, kind, packet_id, organ, at, event, digest, sender, urgency in pending:
+        index = indexes.get((packet_id, event))
         if index is None:
             continue
-        packet = packets[item.packet_id]
         raw = sign_hub_receipt(
             HubReceipt(
-                kind=item.kind,
-                packet_id=item.packet_id,
-                envelope_digest=packet.envelope_digest,
-                organ=item.organ,
-                at=item.at,
+                kind=kind,
+                packet_id=packet_id,
+                envelope_digest=digest,
+                organ=organ,
+                at=at,
                 log_index=index,
             ),
             key,
         )
-        if item.kind == "accepted":
-            accepted.append({"id": item.packet_id, "hub_receipt": raw})
+        if kind == "accepted":
+            updates.append({"id": packet_id, "hub_receipt": raw})
+            out.accepted[packet_id] = raw
         else:
-            when[item.packet_id] = item.at
+            about[packet_id] = (sender, urgency)
             fetched.append(
                 {
-                    "packet_id": item.packet_id,
-                    "organ": item.organ,
+                    "packet_id": packet_id,
+                    "organ": organ,
                     "source": "hub",
                     "status": "fetched",
-                    "at": item.at,
-                    "received_at": item.at,
+                    "at": at,
+                    "received_at": at,
                     "signer": HUB_SIGNER,
                     "receipt": raw,
                     "digest": parse_hub_receipt(raw).digest,
                 }
             )
-        done.append(item.id)
-        signed.append(item.packet_id)
+        done.append(row_id)
+        out.packet_ids.append(packet_id)
     if not done:
-        return [], set()
+        return Signed()
     # Bulk statements: one round trip for a whole batch of receipts, not one per row.
-    if accepted:
-        await session.execute(update(Packet).execution_options(synchronize_session=False), accepted)
-    wake: set[str] = set()
+    if updates:
+        await session.execute(update(Packet).execution_options(synchronize_session=False), updates)
     if fetched:
         inserted = await session.execute(
-            insert(DeliveryEvent).returning(DeliveryEvent.id, DeliveryEvent.packet_id), fetched
+            insert(DeliveryEvent).returning(
+                DeliveryEvent.id, DeliveryEvent.packet_id, DeliveryEvent.at
+            ),
+            fetched,
         )
         mail = []
-        for event_id, packet_id in inserted:
-            packet = packets[bytes(packet_id)]
+        for event_id, packet_id, at in inserted:
+            sender, urgency = about[bytes(packet_id)]
             mail.append(
                 {
-                    "organ": packet.sender,
+                    "organ": sender,
                     "kind": "hub_receipt",
-                    "packet_id": packet.id,
-                    "urgency": packet.urgency,
+                    "packet_id": bytes(packet_id),
+                    "urgency": urgency,
                     "event_id": event_id,
-                    "created_at": when[packet.id],
+                    "created_at": at,
                 }
             )
-            wake.add(packet.sender)
+            out.wake.add(sender)
         await session.execute(insert(MailboxItem), mail)
     await session.execute(delete(HubReceiptPending).where(HubReceiptPending.id.in_(done)))
-    if wake:
-        await notifier.publish(session, wake)
-    return signed, wake
+    if out.wake:
+        await notifier.publish(session, out.wake)
+    return out
 
 
 class ReceiptSigner:
-    """Background signer of pending hub receipts, with waiters for ``accepted`` ones."""
+    """Signer of pending hub receipts: submissions' rounds and a background loop."""
 
     def __init__(
         self,
@@ -154,6 +212,7 @@ class ReceiptSigner:
         sequence_now: Callable[[], Awaitable[object]] | None = None,
         idle_interval: float = 2.0,
         busy_interval: float = 0.01,
+        lock_key: int = LOCK_KEY,
     ) -> None:
         self._sessions = sessions
         self._key = key
@@ -163,10 +222,12 @@ class ReceiptSigner:
         self._sequence_now = sequence_now
         self._idle = idle_interval
         self._busy = busy_interval
+        self._lock_key = lock_key
         self._wake = asyncio.Event()
-        self._signed: defaultdict[bytes, set[asyncio.Event]] = defaultdict(set)
+        #: Submissions waiting for their ``accepted`` receipt, by packet id.
+        self._waiters: dict[bytes, set[asyncio.Future[bytes]]] = {}
         self._lock = asyncio.Lock()
-        # Group commit of wait_accepted's "sequence now, sign now" (see _flush).
+        # Group commit of the submissions' "sequence now, sign now" (see _flush).
         self._round: asyncio.Future[None] | None = None
         self._next_round: asyncio.Future[None] | None = None
 
@@ -175,21 +236,46 @@ class ReceiptSigner:
         self._poke_log()
         self._wake.set()
 
+    def _hand_over(self, accepted: dict[bytes, bytes]) -> None:
+        for packet_id, raw in accepted.items():
+            for waiter in self._waiters.get(packet_id, ()):
+                if not waiter.done():
+                    waiter.set_result(raw)
+
     async def run_once(self) -> tuple[int, bool]:
-        """Sign what is ready; returns (receipts signed, whether some still wait)."""
+        """Sign what is ready; returns (receipts signed, whether some still wait).
+
+        ``accepted`` receipts only once they are left over (see :data:`LEFT_OVER`).
+        """
         async with self._lock, self._sessions.begin() as session:
-            signed, wake = await sign_ready(session, self._key, self._notifier, self._postgres)
+            signed = await sign_ready(
+                session,
+                self._key,
+                self._notifier,
+                self._postgres,
+                accepted_before=now() - LEFT_OVER,
+            )
             remaining = await session.scalar(select(HubReceiptPending.id).limit(1))
-        self._notifier.wake(wake)
-        for packet_id in signed:
-            for event in self._signed.pop(packet_id, ()):
-                event.set()
-        return len(signed), remaining is not None
+        self._notifier.wake(signed.wake)
+        self._hand_over(signed.accepted)
+        return len(signed.packet_ids), remaining is not None
+
+    async def _sign_waited(self) -> None:
+        """Sign the ``accepted`` receipts this process's submissions are waiting for."""
+        async with self._lock:
+            wanted = list(self._waiters)
+            if not wanted:
+                return
+            async with self._sessions.begin() as session:
+                signed = await sign_ready(
+                    session, self._key, self._notifier, self._postgres, only=wanted
+                )
+        self._hand_over(signed.accepted)
 
     def _flush(self) -> asyncio.Future[None]:
         """A sequencer batch and a signing pass that start after this call: shared.
 
-        Concurrent uploads share the work rather than each running its own batch one
+        Concurrent submissions share the work rather than each running its own batch one
         after the other behind the locks (each batch is a dozen round trips and a
         checkpoint signature): at most one round runs and one waits.  A round already
         running may have started before the caller's events were committed, so callers
@@ -207,12 +293,20 @@ class ReceiptSigner:
         current = self._next_round
         self._next_round, self._round = None, current  # later callers queue behind us
         try:
-            assert self._sequence_now is not None
-            await self._sequence_now()
-            await self.run_once()
+            sequence = self._sequence_now
+            if sequence is not None and await sequence() is None and self._postgres:
+                # Another process holds the sequencer lock: its batch may or may not hold
+                # our events.  Wait until it commits, then once more.
+                await self._await_other_sequencer()
+                await sequence()
+            await self._sign_waited()
         finally:
             if self._round is current:
                 self._round = None
+
+    async def _await_other_sequencer(self) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(select(func.pg_advisory_xact_lock(self._lock_key)))
 
     async def run(self) -> None:
         """Sign in the background: soon after progress, backing off while the log lags."""
@@ -236,38 +330,87 @@ class ReceiptSigner:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def wait_accepted(self, packet_id: bytes, wait: float) -> bytes | None:
-        """The packet's signed ``accepted`` receipt, waiting up to ``wait`` seconds.
+        """The packet's signed ``accepted`` receipt, waiting up to ``wait`` seconds."""
+        return (await self.wait_accepted_many([packet_id], wait)).get(packet_id)
 
-        First try to get there at once: run a sequencer batch now (it takes every pending
-        event, so concurrent uploads share one batch) and sign what it indexed.  When
-        another process holds the sequencer lock, poll for its batch.
+    async def wait_accepted_many(
+        self, packet_ids: Iterable[bytes], wait: float
+    ) -> dict[bytes, bytes]:
+        """The signed ``accepted`` receipts of these packets that exist within ``wait`` s.
+
+        Each attempt joins the next round (a sequencer batch now, which takes every
+        pending event, then signing what this process waits for); a receipt another
+        process signed meanwhile is read from the packet row.  The waits between
+        attempts grow from 50 ms to :data:`WAIT_STEP_MAX`.
         """
+        if wait <= 0:  # the answer goes out without it: the background signs it
+            self.poke()
+            return {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        self.poke()
-        if self._sequence_now is not None:
-            try:
-                await asyncio.shield(self._flush())
-            except Exception:
-                log.exception("sequencing for a receipt failed; the background task retries")
-        while True:
-            async with self._sessions() as session:
-                found = await session.scalar(
-                    select(Packet.hub_receipt).where(Packet.id == packet_id)
-                )
-            if found is not None:
-                return bytes(found)
-            left = deadline - loop.time()
-            if left <= 0:
-                return None
-            event = asyncio.Event()
-            self._signed[packet_id].add(event)
-            try:
+        mine: dict[bytes, asyncio.Future[bytes]] = {}
+        for packet_id in packet_ids:
+            if packet_id not in mine:
+                mine[packet_id] = loop.create_future()
+                self._waiters.setdefault(packet_id, set()).add(mine[packet_id])
+        found: dict[bytes, bytes] = {}
+        step = 0.05
+        try:
+            while True:
+                if self._sequence_now is not None:
+                    try:
+                        await asyncio.wait_for(
+                            asyncio.shield(self._flush()), max(0.0, deadline - loop.time())
+                        )
+                    except TimeoutError:
+                        pass
+                    except Exception:
+                        log.exception("signing for a submission failed; the background retries")
+                else:
+                    self.poke()
+                self._collect(mine, found)
+                if not mine or loop.time() >= deadline:
+                    return found
+                # Signed by another process (or, in SQLite mode, by the background loop)?
+                async with self._sessions() as session:
+                    rows = await session.execute(
+                        select(Packet.id, Packet.hub_receipt).where(
+                            Packet.id.in_(list(mine)), Packet.hub_receipt.is_not(None)
+                        )
+                    )
+                for packet_id, raw in rows:
+                    if raw is not None and bytes(packet_id) in mine:
+                        found[bytes(packet_id)] = bytes(raw)
+                        self._release(bytes(packet_id), mine.pop(bytes(packet_id)))
+                if not mine:
+                    return found
+                left = deadline - loop.time()
+                if left <= 0:
+                    return found
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(left, 0.05))
-            finally:
-                waiters = self._signed.get(packet_id)
-                if waiters is not None:
-                    waiters.discard(event)
-                    if not waiters:
-                        del self._signed[packet_id]
+                    await asyncio.wait_for(
+                        asyncio.wait(list(mine.values()), return_when=asyncio.ALL_COMPLETED),
+                        min(left, step),
+                    )
+                step = min(step * 2, WAIT_STEP_MAX)
+                self._collect(mine, found)
+                if not mine or loop.time() >= deadline:
+                    return found
+        finally:
+            for packet_id, waiter in mine.items():
+                self._release(packet_id, waiter)
+
+    def _collect(self, mine: dict[bytes, asyncio.Future[bytes]], found: dict[bytes, bytes]) -> None:
+        for packet_id in [p for p, w in mine.items() if w.done()]:
+            waiter = mine.pop(packet_id)
+            found[packet_id] = waiter.result()
+            self._release(packet_id, waiter)
+
+    def _release(self, packet_id: bytes, waiter: asyncio.Future[bytes]) -> None:
+        waiters = self._waiters.get(packet_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[packet_id]
+        if not waiter.done():
+            waiter.cancel()

@@ -20,13 +20,14 @@ inserts for the whole batch.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,7 +39,7 @@ from protocol.packet import ENVELOPE_MAX, BodyVerifier, Envelope, parse_envelope
 from protocol.policy import check_packet
 
 from . import directory
-from .auditlog import append_event
+from .auditlog import append_encoded, append_event
 from .clock import now
 from .context import Hub
 from .logs import get_logger
@@ -49,7 +50,24 @@ AWAITING: Final = "awaiting_body"
 ACCEPTED: Final = "accepted"
 #: Bytes handed to the blob writer at a time.
 WRITE_CHUNK: Final = 1024 * 1024
+#: From this many recipients on, they are woken once the submitter's receipt is signed
+#: (or after :data:`WAKE_DEFER_MAX` seconds): their long-polls answering all at once would
+#: otherwise hold up the submitter's own answer on the event loop until the last of them.
+QUIET_FANOUT: Final = 50
+WAKE_DEFER_MAX: Final = 0.5
 log = get_logger("hub.packets")
+
+
+def _table(model: type[Any]) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+# Built once: Core bulk inserts (executemany), no ORM unit of work on the hot path.
+_INSERT_PACKETS = insert(_table(Packet))
+_INSERT_DELIVERIES = insert(_table(DeliveryRow))
+_INSERT_MAILBOX = insert(_table(MailboxItem))
+_INSERT_RECEIPTS_PENDING = insert(_table(HubReceiptPending))
 
 
 def packet_path(packet_id: bytes) -> str:
@@ -64,7 +82,65 @@ class Answer:
     doc: dict[str, Any] = field(default_factory=dict)
 
 
-def awaiting_answer(packet: Packet) -> Answer:
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What an answer needs of a stored packet (read without its envelope)."""
+
+    id: bytes
+    sender: str
+    state: str
+    envelope_digest: bytes
+    body_size: int
+    body_sha256: bytes
+    accepted_at: int | None
+    hub_receipt: bytes | None
+    transport: str
+
+
+_STORED = select(
+    Packet.id,
+    Packet.sender,
+    Packet.state,
+    Packet.envelope_digest,
+    Packet.body_size,
+    Packet.body_sha256,
+    Packet.accepted_at,
+    Packet.hub_receipt,
+    Packet.transport,
+).where(Packet.id.in_(bindparam("ids", expanding=True)))
+
+
+async def stored_packets(session: AsyncSession, packet_ids: Sequence[bytes]) -> dict[bytes, Stored]:
+    """Packets already stored under these ids, without their envelopes (one query)."""
+    if not packet_ids:
+        return {}
+    out: dict[bytes, Stored] = {}
+    for (
+        pid,
+        sender,
+        state,
+        digest,
+        size,
+        sha,
+        accepted_at,
+        receipt,
+        transport,
+    ) in await session.execute(_STORED, {"ids": list(packet_ids)}):
+        out[bytes(pid)] = Stored(
+            bytes(pid),
+            sender,
+            state,
+            bytes(digest),
+            size,
+            bytes(sha),
+            accepted_at,
+            None if receipt is None else bytes(receipt),
+            transport,
+        )
+    return out
+
+
+def awaiting_answer(packet: Stored) -> Answer:
     path = packet_path(packet.id)
     return Answer(
         202,
@@ -78,19 +154,22 @@ def awaiting_answer(packet: Packet) -> Answer:
     )
 
 
-def accepted_answer(packet: Packet) -> Answer:
-    path = packet_path(packet.id)
-    receipt = packet.hub_receipt
-    return Answer(
-        200,
-        {
-            "packet_id": path.rsplit("/", 1)[1],
-            "state": ACCEPTED,
-            "accepted_at": packet.accepted_at,
-            "status_url": f"{path}/status",
-            "receipt": None if receipt is None else base64.b64encode(receipt).decode(),
-        },
-    )
+def accepted_answer(packet: Stored) -> Answer:
+    return Answer(200, accepted_doc(packet.id, packet.accepted_at, packet.hub_receipt))
+
+
+def accepted_doc(
+    packet_id: bytes, accepted_at: int | None, receipt: bytes | None
+) -> dict[str, Any]:
+    """The answer for an accepted packet, from what the caller has in hand."""
+    path = packet_path(packet_id)
+    return {
+        "packet_id": path.rsplit("/", 1)[1],
+        "state": ACCEPTED,
+        "accepted_at": accepted_at,
+        "status_url": f"{path}/status",
+        "receipt": None if receipt is None else base64.b64encode(receipt).decode(),
+    }
 
 
 # --- checks ----------------------------------------------------------------------------
@@ -128,12 +207,10 @@ class _Known:
 
 
 async def _lookup(hub: Hub, session: AsyncSession, envs: Sequence[Envelope]) -> _Known:
-    """Two queries for any number of envelopes: the batch path checks all at once."""
+    """One query (per 1,000 organs) for any number of envelopes: checked all at once."""
     codes = {e.sender for e in envs} | {s.organ for e in envs for s in e.recipients}
-    return _Known(
-        entries=await directory.verified_entries(session, hub.entries, codes),
-        tree=await directory.tree_around(session, codes),
-    )
+    entries, tree = await directory.lookup(session, hub.entries, codes)
+    return _Known(entries=entries, tree=tree)
 
 
 async def _check_envelope(
@@ -197,7 +274,7 @@ async def _log_refusal(hub: Hub, env: Envelope, exc: RemoteError, at: int) -> No
     log.info("packet refused", packet_id=env.packet_uuid.hex, code=exc.code)
 
 
-def _existing(packet: Packet, env: Envelope) -> Answer:
+def _existing(packet: Stored, env: Envelope) -> Answer:
     if packet.envelope_digest != env.digest:
         raise RemoteError("packet_conflict", "another envelope was submitted with this packet id")
     return accepted_answer(packet) if packet.state == ACCEPTED else awaiting_answer(packet)
@@ -212,24 +289,24 @@ def parse(hub: Hub, data: bytes) -> Envelope:
     return parse_envelope(data, max_size=hub.limits.envelope_max)
 
 
-def _packet_row(env: Envelope, at: int, transport: str, state: str) -> Packet:
-    return Packet(
-        id=env.packet_id,
-        sender=env.sender,
-        state=state,
-        envelope=env.raw,
-        envelope_digest=env.digest,
-        kind=env.kind,
-        urgency=env.routing.urgency,
-        secrecy=env.routing.secrecy,
-        created_at=env.created_at,
-        submitted_at=at,
-        accepted_at=at if state == ACCEPTED else None,
-        body_sha256=env.body_info.sha256,
-        body_size=env.body_info.size,
-        target=env.routing.target,
-        transport=transport,
-    )
+def _packet_values(env: Envelope, at: int, transport: str, state: str) -> dict[str, Any]:
+    return {
+        "id": env.packet_id,
+        "sender": env.sender,
+        "state": state,
+        "envelope": env.raw,
+        "envelope_digest": env.digest,
+        "kind": env.kind,
+        "urgency": env.routing.urgency,
+        "secrecy": env.routing.secrecy,
+        "created_at": env.created_at,
+        "submitted_at": at,
+        "accepted_at": at if state == ACCEPTED else None,
+        "body_sha256": env.body_info.sha256,
+        "body_size": env.body_info.size,
+        "target": env.routing.target,
+        "transport": transport,
+    }
 
 
 # --- envelope first ----------------------------------------------------------------------
@@ -240,29 +317,39 @@ async def submit_envelope(hub: Hub, caller: Caller, data: bytes, transport: str 
     if env.sender != caller.organ:
         raise RemoteError("organ_mismatch", f"the envelope's sender is {env.sender}, not you")
     at = now()
-    async with hub.sessions() as session:
-        existing = await session.get(Packet, env.packet_id)
-        if existing is not None:
-            return _existing(existing, env)
-        try:
+    values = _packet_values(env, at, transport, AWAITING)
+    try:
+        # One transaction: the idempotency check, the directory, the checks, the row.
+        async with hub.sessions.begin() as session:
+            existing = (await stored_packets(session, [env.packet_id])).get(env.packet_id)
+            if existing is not None:
+                return _existing(existing, env)
             known = await _lookup(hub, session, [env])
             await _check_envelope(hub, session, env, at, transport, known)
-        except PolicyRefusal as refusal:
-            await session.rollback()
-            await _log_refusal(hub, env, refusal.error, at)
-            raise refusal.error from None
-    packet = _packet_row(env, at, transport, AWAITING)
-    try:
-        async with hub.sessions.begin() as session:
-            session.add(packet)
+            await session.execute(_INSERT_PACKETS, [values])
+    except PolicyRefusal as refusal:
+        await _log_refusal(hub, env, refusal.error, at)
+        raise refusal.error from None
     except IntegrityError:  # the same id, concurrently
         async with hub.sessions() as session:
-            existing = await session.get(Packet, env.packet_id)
+            existing = (await stored_packets(session, [env.packet_id])).get(env.packet_id)
         if existing is None:
             raise
         return _existing(existing, env)
     log.info("envelope stored", packet_id=env.packet_uuid.hex, recipients=len(env.recipients))
-    return awaiting_answer(packet)
+    return awaiting_answer(
+        Stored(
+            env.packet_id,
+            env.sender,
+            AWAITING,
+            env.digest,
+            env.body_info.size,
+            env.body_info.sha256,
+            None,
+            None,
+            transport,
+        )
+    )
 
 
 # --- then the body -----------------------------------------------------------------------
@@ -299,10 +386,6 @@ async def upload_body(
     return await accept(hub, packet, env)
 
 
-def _accepted_event(env: Envelope, at: int, transport: str) -> bytes:
-    return encode_event("packet_accepted", at, **_accepted_fields(env, transport))
-
-
 def _accepted_fields(env: Envelope, transport: str) -> dict[str, Any]:
     return {
         "packet_id": env.packet_id,
@@ -322,11 +405,21 @@ def _accepted_fields(env: Envelope, transport: str) -> dict[str, Any]:
 
 
 async def _record_acceptance(
-    hub: Hub, session: AsyncSession, envs: Sequence[tuple[Envelope, str]], at: int
+    hub: Hub,
+    session: AsyncSession,
+    envs: Sequence[tuple[Envelope, str]],
+    at: int,
+    *,
+    notify: bool = True,
 ) -> None:
-    """Deliveries, mailbox items, audit events and pending receipts for accepted packets."""
+    """Deliveries, mailbox items, audit events and pending receipts for accepted packets.
+
+    One bulk statement per table whatever the number of packets and recipients (Core
+    inserts: no ORM unit of work for a fan-out's thousand rows).
+    """
     deliveries: list[dict[str, Any]] = []
     mail: list[dict[str, Any]] = []
+    events: list[tuple[bytes, bytes | None]] = []
     pending: list[dict[str, Any]] = []
     organs: set[str] = set()
     for env, transport in envs:
@@ -336,6 +429,7 @@ async def _record_acceptance(
                     "packet_id": env.packet_id,
                     "organ": stanza.organ,
                     "state": "pending",
+                    "fetched_at": None,
                     "updated_at": at,
                 }
             )
@@ -345,26 +439,71 @@ async def _record_acceptance(
                     "kind": "envelope",
                     "packet_id": env.packet_id,
                     "urgency": env.routing.urgency,
+                    "event_id": None,
                     "created_at": at,
                 }
             )
             organs.add(stanza.organ)
-        await append_event(session, "packet_accepted", at, **_accepted_fields(env, transport))
+        # The same bytes are logged and named by the pending receipt (found by them).
+        event = encode_event("packet_accepted", at, **_accepted_fields(env, transport))
+        events.append((event, env.packet_id))
         pending.append(
             {
                 "kind": "accepted",
                 "packet_id": env.packet_id,
                 "organ": env.sender,
                 "at": at,
-                "event": _accepted_event(env, at, transport),
+                "event": event,
             }
         )
+    await append_encoded(session, events)
     if deliveries:
-        await session.execute(insert(DeliveryRow), deliveries)
-        await session.execute(insert(MailboxItem), mail)
+        await session.execute(_INSERT_DELIVERIES, deliveries)
+        await session.execute(_INSERT_MAILBOX, mail)
     if pending:
-        await session.execute(insert(HubReceiptPending), pending)
-    await hub.notifier.publish(session, organs)
+        await session.execute(_INSERT_RECEIPTS_PENDING, pending)
+    if notify:
+        await hub.notifier.publish(session, organs)
+
+
+def _quiet(envs: Sequence[Envelope]) -> bool:
+    """Whether to wake the recipients only after the submitter's receipts (a fan-out)."""
+    return sum(len(env.recipients) for env in envs) >= QUIET_FANOUT
+
+
+_notifying: set[asyncio.Task[None]] = set()
+
+
+async def _publish(hub: Hub, organs: set[str]) -> None:
+    try:
+        async with hub.sessions.begin() as session:
+            await hub.notifier.publish(session, organs)
+    except Exception:  # a hint only: the other processes' long-polls re-check anyway
+        log.exception("notifying the other hub processes failed")
+
+
+async def _wake_and_wait(hub: Hub, envs: Sequence[Envelope], quiet: bool) -> dict[bytes, bytes]:
+    """After the commit: wake the recipients and wait for the submitter's receipts.
+
+    ``quiet`` (a fan-out, see :data:`QUIET_FANOUT`): the transaction did not notify; the
+    recipients are woken here once the receipts are signed, or after
+    :data:`WAKE_DEFER_MAX` seconds, and in any case before returning or being cancelled.
+    """
+    organs = {s.organ for env in envs for s in env.recipients}
+    ids = [env.packet_id for env in envs]
+    wait = hub.settings.receipt_wait
+    if not quiet:
+        hub.notifier.wake(organs)
+        return await hub.signer.wait_accepted_many(ids, wait)
+    waiting = asyncio.ensure_future(hub.signer.wait_accepted_many(ids, wait))
+    try:
+        await asyncio.wait([waiting], timeout=min(WAKE_DEFER_MAX, wait))
+    finally:
+        hub.notifier.wake(organs)
+        task = asyncio.ensure_future(_publish(hub, organs))
+        _notifying.add(task)
+        task.add_done_callback(_notifying.discard)
+    return await waiting
 
 
 async def accept(hub: Hub, packet: Packet, env: Envelope) -> Answer:
@@ -376,9 +515,10 @@ async def accept(hub: Hub, packet: Packet, env: Envelope) -> Answer:
             .values(state=ACCEPTED, accepted_at=at)
         )
         if claimed.rowcount == 1:  # type: ignore[attr-defined]
-            await _record_acceptance(hub, session, [(env, packet.transport)], at)
+            await _record_acceptance(
+                hub, session, [(env, packet.transport)], at, notify=not _quiet([env])
+            )
     if claimed.rowcount == 1:  # type: ignore[attr-defined]
-        hub.notifier.wake(s.organ for s in env.recipients)
         hub.metrics.packets_accepted.inc()
         log.info(
             "packet accepted",
@@ -386,10 +526,12 @@ async def accept(hub: Hub, packet: Packet, env: Envelope) -> Answer:
             body_sha256=env.body_info.sha256.hex(),
             size=env.body_info.size,
         )
+        receipts = await _wake_and_wait(hub, [env], _quiet([env]))
+        return Answer(200, accepted_doc(packet.id, at, receipts.get(packet.id)))
+    # Accepted meanwhile by another request: answer what that one stored.
     await hub.signer.wait_accepted(packet.id, hub.settings.receipt_wait)
     async with hub.sessions() as session:
-        stored = await session.get(Packet, packet.id)
-    assert stored is not None
+        stored = (await stored_packets(session, [packet.id]))[packet.id]
     return accepted_answer(stored)
 
 
@@ -401,8 +543,10 @@ async def submit_batch(
 ) -> list[dict[str, Any]]:
     """Envelope and body together, for small packets; one result per item, in order.
 
-    New, valid packets are accepted in one transaction with bulk inserts; an item that
-    fails answers its own error code and does not affect the others.
+    New, valid packets are accepted in one transaction -- the same that checks them --
+    with bulk inserts; an item that fails answers its own error code and does not affect
+    the others.  The answers are built from what is in hand, with the receipts handed
+    over by the signer (:meth:`hub.hubreceipts.ReceiptSigner.wait_accepted_many`).
     """
     at = now()
     results: list[dict[str, Any] | None] = [None] * len(items)
@@ -426,113 +570,119 @@ async def submit_batch(
             results[i] = _error(exc)
     good: list[tuple[int, Envelope, bytes]] = []
     refusals: list[tuple[Envelope, RemoteError]] = []
-    async with hub.sessions() as session:
-        existing = {
-            p.id: p
-            for p in await session.scalars(
-                select(Packet).where(Packet.id.in_([env.packet_id for _, env, _ in parsed]))
-            )
-        }
-        known = await _lookup(hub, session, [env for _, env, _ in parsed])
-        for i, env, body in parsed:
-            try:
-                if env.packet_id in existing:
-                    answer = _existing(existing[env.packet_id], env)
-                    if answer.status == 200:
-                        results[i] = {"status": 200, **answer.doc}
-                        continue
-                    # Awaiting its body from an earlier single submission: take it here.
-                else:
-                    try:
-                        await _check_envelope(hub, session, env, at, transport, known)
-                    except PolicyRefusal as refusal:
-                        refusals.append((env, refusal.error))
-                        raise refusal.error from None
-                verifier = BodyVerifier(env.body_info)
-                verifier.feed(body)
-                verifier.finish()
-                good.append((i, env, body))
-            except RemoteError as exc:
-                results[i] = _error(exc)
-    if good:
-        await hub.blocking(hub.blobs.put_many, [(b, env.body_info.sha256) for _, env, b in good])
-        hub.metrics.body_bytes.labels("in").inc(sum(len(b) for _, _, b in good))
-    if good or refusals:
-        try:
-            await _accept_many(
-                hub,
-                [(env, existing.get(env.packet_id)) for _, env, _ in good],
-                refusals,
-                at,
-                transport,
-            )
-        except (IntegrityError, _Concurrent):
-            # A concurrent submission of one of these ids: fall back to one at a time.
-            for i, env, body in good:
-                results[i] = await _one_by_one(hub, caller, env, body, transport)
-            good = []
-    if good:
-        await _wait_receipts(hub, [env.packet_id for _, env, _ in good])
-        async with hub.sessions() as session:
-            stored = {
-                p.id: p
-                for p in await session.scalars(
-                    select(Packet).where(Packet.id.in_([env.packet_id for _, env, _ in good]))
+    existing: dict[bytes, Stored] = {}
+    try:
+        async with hub.sessions.begin() as session:
+            existing = await stored_packets(session, [env.packet_id for _, env, _ in parsed])
+            known = await _lookup(hub, session, [env for _, env, _ in parsed])
+            for i, env, body in parsed:
+                try:
+                    if env.packet_id in existing:
+                        answer = _existing(existing[env.packet_id], env)
+                        if answer.status == 200:
+                            results[i] = {"status": 200, **answer.doc}
+                            continue
+                        # Awaiting its body from an earlier single submission: take it here.
+                    else:
+                        try:
+                            await _check_envelope(hub, session, env, at, transport, known)
+                        except PolicyRefusal as refusal:
+                            refusals.append((env, refusal.error))
+                            raise refusal.error from None
+                    verifier = BodyVerifier(env.body_info)
+                    verifier.feed(body)
+                    verifier.finish()
+                    good.append((i, env, body))
+                except RemoteError as exc:
+                    results[i] = _error(exc)
+            if good:
+                # Durable before the transaction that makes the packets visible commits.
+                await hub.blocking(
+                    hub.blobs.put_many, [(b, env.body_info.sha256) for _, env, b in good]
                 )
-            }
+            quiet = _quiet([env for _, env, _ in good])
+            if good or refusals:
+                await _accept_many(
+                    hub,
+                    session,
+                    [(env, existing.get(env.packet_id)) for _, env, _ in good],
+                    refusals,
+                    at,
+                    transport,
+                    quiet=quiet,
+                )
+    except (IntegrityError, _Concurrent):
+        # A concurrent submission of one of these ids: fall back to one at a time.  The
+        # refusals' log events went with the rolled back transaction: log them again.
+        for env, error in refusals:
+            await _log_refusal(hub, env, error, at)
+        refusals = []
+        for i, env, body in good:
+            results[i] = await _one_by_one(hub, caller, env, body, transport)
+        good = []
+    if good or refusals:
+        _accepted_now(hub, [env for _, env, _ in good], refusals)
+    if good:
+        hub.metrics.body_bytes.labels("in").inc(sum(len(b) for _, _, b in good))
+        receipts = await _wake_and_wait(hub, [env for _, env, _ in good], quiet)
         for i, env, _ in good:
-            results[i] = {"status": 200, **accepted_answer(stored[env.packet_id]).doc}
+            doc = accepted_doc(env.packet_id, at, receipts.get(env.packet_id))
+            results[i] = {"status": 200, **doc}
     return [r if r is not None else _error(RemoteError("request_invalid")) for r in results]
 
 
 async def _accept_many(
     hub: Hub,
-    packets: Sequence[tuple[Envelope, Packet | None]],
+    session: AsyncSession,
+    packets: Sequence[tuple[Envelope, Stored | None]],
     refusals: Sequence[tuple[Envelope, RemoteError]],
     at: int,
     transport: str,
+    *,
+    quiet: bool,
 ) -> None:
-    async with hub.sessions.begin() as session:
-        new = [env for env, row in packets if row is None]
-        if new:
-            await session.execute(
-                insert(Packet),
-                [_packet_columns(_packet_row(env, at, transport, ACCEPTED)) for env in new],
-            )
-        for env, row in packets:
-            if row is not None:
-                claimed = await session.execute(
-                    update(Packet)
-                    .where(Packet.id == env.packet_id, Packet.state == AWAITING)
-                    .values(state=ACCEPTED, accepted_at=at)
-                )
-                if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                    raise _Concurrent
-        await _record_acceptance(
-            hub,
-            session,
-            [(env, row.transport if row is not None else transport) for env, row in packets],
-            at,
+    """In the caller's transaction: store new packets, claim awaiting ones, record it all."""
+    new = [env for env, row in packets if row is None]
+    if new:
+        await session.execute(
+            _INSERT_PACKETS, [_packet_values(env, at, transport, ACCEPTED) for env in new]
         )
-        for env, exc in refusals:
-            await append_event(
-                session,
-                "policy_refused",
-                at,
-                sender=env.sender,
-                code=exc.code,
-                packet_id=env.packet_id,
-                envelope_digest=env.digest,
+    for env, row in packets:
+        if row is not None:
+            claimed = await session.execute(
+                update(Packet)
+                .where(Packet.id == env.packet_id, Packet.state == AWAITING)
+                .values(state=ACCEPTED, accepted_at=at)
             )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                raise _Concurrent
+    await _record_acceptance(
+        hub,
+        session,
+        [(env, row.transport if row is not None else transport) for env, row in packets],
+        at,
+        notify=not quiet,
+    )
+    for env, exc in refusals:
+        await append_event(
+            session,
+            "policy_refused",
+            at,
+            sender=env.sender,
+            code=exc.code,
+            packet_id=env.packet_id,
+            envelope_digest=env.digest,
+        )
+
+
+def _accepted_now(
+    hub: Hub, accepted: Sequence[Envelope], refusals: Sequence[tuple[Envelope, RemoteError]]
+) -> None:
+    """After the commit: count, log (ids only)."""
     for _, exc in refusals:
         hub.metrics.policy_refused.labels(exc.code).inc()
-    hub.notifier.wake(s.organ for env, _ in packets for s in env.recipients)
-    hub.metrics.packets_accepted.inc(len(packets))
-    log.info("batch accepted", packets=len(packets), refused=len(refusals))
-
-
-def _packet_columns(packet: Packet) -> dict[str, Any]:
-    return {c.key: getattr(packet, c.key) for c in Packet.__table__.columns}
+    hub.metrics.packets_accepted.inc(len(accepted))
+    log.info("batch accepted", packets=len(accepted), refused=len(refusals))
 
 
 async def _one_by_one(
@@ -548,12 +698,6 @@ async def _one_by_one(
     except RemoteError as exc:
         return _error(exc)
     return {"status": answer.status, **answer.doc}
-
-
-async def _wait_receipts(hub: Hub, packet_ids: Sequence[bytes]) -> None:
-    """Wait (bounded) until the batch's receipts are signed: they are signed together."""
-    if packet_ids:
-        await hub.signer.wait_accepted(packet_ids[-1], hub.settings.receipt_wait)
 
 
 def _error(exc: RemoteError) -> dict[str, Any]:

@@ -10,8 +10,10 @@ entries, proofs and per-packet bundles back; ``routes.py`` serves them under ``/
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from protocol.audit import encode_event
@@ -32,3 +34,21 @@ async def append_event(session: AsyncSession, kind: str, at: int, /, **fields: A
             packet_id=packet_id if isinstance(packet_id, bytes) else None,
         )
     )
+
+
+async def append_encoded(
+    session: AsyncSession, events: Sequence[tuple[bytes, bytes | None]]
+) -> None:
+    """Queue already encoded events, ``(data, packet_id)``, with one bulk statement.
+
+    For hot paths that need the encoded bytes themselves (a pending hub receipt names
+    its event by them) and append many events at once.
+    """
+    if events:
+        await session.execute(
+            _INSERT_PENDING, [{"data": data, "packet_id": pid} for data, pid in events]
+        )
+
+
+_PENDING_TABLE: Table = LogPending.__table__  # type: ignore[assignment]
+_INSERT_PENDING = insert(_PENDING_TABLE)

@@ -300,6 +300,8 @@ def run(work: Path, cfg: dict[str, Any], profile: bool = False) -> dict[str, dic
             out["connections"]["enrolled_offices"] = identity["offices"]
             out["connections"]["enrol_seconds"] = identity["enrol_seconds"]
             out["connections"]["hub_errors"] = cluster.errors()[:5]
+        except Exception as exc:
+            raise _with_hub_errors(exc, cluster) from exc
         finally:
             cluster.stop()
     with database("lt_bench_s3h") as url:
@@ -310,6 +312,13 @@ def run(work: Path, cfg: dict[str, Any], profile: bool = False) -> dict[str, dic
             )
             out["fanout_hybrid"]["enrol_seconds"] = identity["enrol_seconds"]
             out["fanout_hybrid"]["hub_errors"] = cluster.errors()[:5]
+        except Exception as exc:
+            raise _with_hub_errors(exc, cluster) from exc
         finally:
             cluster.stop()
     return out
+
+
+def _with_hub_errors(exc: Exception, cluster: HubCluster) -> RuntimeError:
+    """A failed phase, with the hub's error lines (its folder is temporary)."""
+    return RuntimeError(f"{type(exc).__name__}: {exc}; hub errors: {cluster.errors()[:3]}")
