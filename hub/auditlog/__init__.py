@@ -10,9 +10,11 @@ entries, proofs and per-packet bundles back; ``routes.py`` serves them under ``/
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from protocol.audit import encode_event
 
@@ -32,3 +34,18 @@ async def append_event(session: AsyncSession, kind: str, at: int, /, **fields: A
             packet_id=packet_id if isinstance(packet_id, bytes) else None,
         )
     )
+
+
+_INSERT_PENDING = insert(LogPending.__table__)  # type: ignore[arg-type]
+
+
+async def append_encoded(
+    db: AsyncSession | AsyncConnection, events: Sequence[tuple[bytes, bytes | None]]
+) -> None:
+    """Queue many events, already encoded (:func:`protocol.audit.encode_event`), with
+    their packet ids, in the caller's transaction: one INSERT for all of them, in order."""
+    if events:
+        await db.execute(
+            _INSERT_PENDING,
+            [{"data": data, "packet_id": packet_id} for data, packet_id in events],
+        )
