@@ -41,7 +41,7 @@ from .hubreceipts import ReceiptSigner
 from .logs import get_logger
 from .metrics import Metrics
 from .middleware import problem_middleware
-from .notify import MailboxNotifier
+from .notify import MailboxNotifier, channel_for
 from .retention import collect_garbage
 from .sessions import Caller
 from .settings import HubSettings
@@ -69,7 +69,7 @@ def create_app(settings: HubSettings) -> web.Application:
 
     async def storage(app: web.Application) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
-        notifier = MailboxNotifier(f"lienthong_{keys.hub.kid.hex()[:16]}")
+        notifier = MailboxNotifier(channel_for(keys.hub.kid))
         try:
             if settings.migrate_on_start:
                 from .migrate import upgrade  # only here: `serve` migrates in a child process

@@ -33,6 +33,7 @@ from .clock import now, vn_midnight
 from .db import make_engine, make_sessionmaker
 from .hubkeys import create_keys, load_keys
 from .models import Organ, OrganKey
+from .notify import channel_for, sessions_changed
 from .settings import CONFIG_FILE, HubSettings, load_settings
 
 T = TypeVar("T")
@@ -333,6 +334,7 @@ def revoke(data: Path, code: str, kid: str | None) -> None:
 
         async def work(session: AsyncSession) -> int:
             await directory.revoke(session, keys, code, kid, now())
+            await sessions_changed(session, channel_for(keys.hub.kid))  # running hubs hear it
             organ = await directory.require_organ(session, code)
             return organ.serial
 

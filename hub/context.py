@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, ParamSpec, TypeVar
 
 from aiohttp import web
@@ -20,11 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from protocol.policy import RoutePolicy, SecrecyPolicy, SizeLimits
 
 from .blobs import BlobStore
+from .db import make_sessionmaker, read_engine
 from .directory import EntryCache
 from .hubkeys import HubKeys
 from .hubreceipts import ReceiptSigner
+from .mailcache import ItemCache
 from .metrics import Metrics
 from .notify import MailboxNotifier
+from .sessions import TokenCache
 from .settings import HubSettings
 
 P = ParamSpec("P")
@@ -45,6 +48,19 @@ class Hub:
     routes: RoutePolicy
     limits: SizeLimits
     signer: ReceiptSigner
+    #: The engine for reads without a transaction (autocommit on PostgreSQL), and ORM
+    #: sessions on it: never write through them.
+    reader: AsyncEngine = field(init=False)
+    reads: async_sessionmaker[AsyncSession] = field(init=False)
+    #: Bearer tokens looked up recently (cleared when sessions change, in any process).
+    tokens: TokenCache = field(default_factory=TokenCache)
+    #: Encoded envelopes and small bodies of mailbox answers, by packet id.
+    items: ItemCache = field(default_factory=ItemCache)
+
+    def __post_init__(self) -> None:
+        self.reader = read_engine(self.engine)
+        self.reads = make_sessionmaker(self.reader)
+        self.notifier.on_sessions_changed(self.tokens.clear)
 
     async def blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking file I/O off the event loop."""

@@ -66,3 +66,18 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def read_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool for reads that need no transaction: on PostgreSQL, autocommit.
+
+    A read-only session or connection on asyncpg costs ``BEGIN`` and ``ROLLBACK`` round
+    trips around its queries; in autocommit each query is one round trip.  Under
+    PostgreSQL's READ COMMITTED every statement takes its own snapshot anyway, so a
+    transaction around a few reads adds no consistency.  Never write through it.  SQLite
+    keeps its ordinary transactions (one process, no network round trips, and its
+    ``BEGIN IMMEDIATE`` set-up above assumes them).
+    """
+    if engine.url.get_backend_name() == "sqlite":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")

@@ -2,8 +2,9 @@
 
 Each (packet, recipient) has a ``deliveries`` row and an append-only history in
 ``delivery_events`` of the signed receipts about it.  An office receipt is verified
-against the signer's *signed* directory entry and the stored envelope
-(:func:`protocol.receipts.verify_office_receipt`), then applied to the delivery's state
+against the signer's *signed* directory entry and the stored envelope -- its packet id,
+digest, sender and recipients (the delivery rows), from the stored columns
+(:func:`protocol.receipts.verify_office_receipt`) -- then applied to the delivery's state
 machine rebuilt from the stored history (:class:`protocol.receipts.Delivery`); it is
 stored, logged (``receipt``) and relayed to the other party's mailbox: a recipient's
 receipt to the sender, a sender's recall request (13) to the recipient.  The same receipt
@@ -13,218 +14,433 @@ bytes again are acknowledged without a second record.
 from __future__ import annotations
 
 import base64
+import hmac
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, and_, bindparam, insert, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.audit import encode_event
 from protocol.errors import RemoteError
-from protocol.packet import ENVELOPE_MAX, Envelope, parse_envelope
-from protocol.receipts import Delivery, parse_office_receipt, verify_office_receipt
+from protocol.receipts import (
+    Delivery,
+    ParsedReceipt,
+    parse_office_receipt,
+    verify_office_receipt,
+)
 
-from . import directory
-from .auditlog import append_event
+from .auditlog import append_encoded
 from .clock import now
 from .context import Hub
 from .logs import get_logger
-from .models import DeliveryEvent, DeliveryRow, HubReceiptPending, MailboxItem, Packet
+from .models import DeliveryEvent, DeliveryRow, HubReceiptPending, MailboxItem, Organ, Packet
 from .packets import ACCEPTED
 from .sessions import Caller
 
 log = get_logger("hub.deliveries")
 
 
+#: Bodies up to this size (ciphertext bytes) travel inline in mailbox answers, and their
+#: ``fetched`` is recorded when the recipient acknowledges the item (hub.mailbox).
+INLINE_BODY_MAX: Final = 64 * 1024
+#: Attempts at a receipt batch when a receipt was stored concurrently (see post_receipts).
+_ATTEMPTS: Final = 2
+
+# The hot paths run prebuilt Core statements (a statement built per call costs more
+# Python than its round trip); lists go in as expanding parameters.
+_P = cast(Table, Packet.__table__)
+_D = cast(Table, DeliveryRow.__table__)
+_E = cast(Table, DeliveryEvent.__table__)
+_M = cast(Table, MailboxItem.__table__)
+_O = cast(Table, Organ.__table__)
+_H = cast(Table, HubReceiptPending.__table__)
+_PACKETS = select(_P.c.id, _P.c.sender, _P.c.envelope_digest, _P.c.urgency).where(
+    _P.c.id.in_(bindparam("ids", expanding=True)), _P.c.state == ACCEPTED
+)
+_ROWS = (
+    select(_D.c.packet_id, _D.c.organ, _D.c.state)
+    .where(tuple_(_D.c.packet_id, _D.c.organ).in_(bindparam("pairs", expanding=True)))
+    .order_by(_D.c.packet_id, _D.c.organ)
+    .with_for_update()
+)
+_STORED = select(_E.c.digest).where(_E.c.digest.in_(bindparam("digests", expanding=True)))
+_HISTORIES = (
+    select(_E.c.packet_id, _E.c.organ, _E.c.status, _E.c.at)
+    .where(
+        tuple_(_E.c.packet_id, _E.c.organ).in_(bindparam("pairs", expanding=True)),
+        _E.c.source == "office",
+    )
+    .order_by(_E.c.id)
+)
+_ENTRY = select(_O.c.entry).where(_O.c.code == bindparam("code"), _O.c.entry.is_not(None))
+_INSERT_EVENTS = {
+    name: dialect_insert(_E)
+    .on_conflict_do_nothing(index_elements=["digest"])
+    .returning(_E.c.id, _E.c.digest)
+    for name, dialect_insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+_SET_STATES = (
+    update(_D)
+    .where(_D.c.packet_id == bindparam("b_packet_id"), _D.c.organ == bindparam("b_organ"))
+    .values(state=bindparam("b_state"), updated_at=bindparam("b_at"))
+)
+_INSERT_MAIL = insert(_M)
+_CLAIM = (
+    update(_D)
+    .where(
+        _D.c.organ == bindparam("b_organ"),
+        _D.c.packet_id.in_(bindparam("b_ids", expanding=True)),
+        _D.c.fetched_at.is_(None),
+    )
+    .values(fetched_at=bindparam("b_at"))
+    .returning(_D.c.packet_id)
+)
+_CLAIM_INLINE = (
+    update(_D)
+    .where(
+        _D.c.organ == bindparam("b_organ"),
+        _D.c.packet_id.in_(
+            select(_P.c.id).where(
+                _P.c.id.in_(bindparam("b_ids", expanding=True)),
+                _P.c.body_size <= INLINE_BODY_MAX,
+                _P.c.body_deleted_at.is_(None),
+            )
+        ),
+        _D.c.fetched_at.is_(None),
+    )
+    .values(fetched_at=bindparam("b_at"))
+    .returning(_D.c.packet_id)
+)
+_DIGESTS = select(_P.c.id, _P.c.envelope_digest).where(
+    _P.c.id.in_(bindparam("ids", expanding=True))
+)
+_INSERT_PENDING = insert(_H)
+_READABLE = (
+    select(_P.c.id, _P.c.sender, _D.c.organ)
+    .select_from(
+        _P.outerjoin(_D, and_(_D.c.packet_id == _P.c.id, _D.c.organ == bindparam("organ")))
+    )
+    .where(
+        _P.c.body_sha256 == bindparam("digest"),
+        _P.c.state == ACCEPTED,
+        _P.c.body_deleted_at.is_(None),
+    )
+)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-class _Envelopes:
-    """Parsed stored envelopes, for one request."""
-
-    def __init__(self) -> None:
-        self._cache: dict[bytes, Envelope] = {}
-
-    def get(self, packet: Packet) -> Envelope:
-        found = self._cache.get(packet.id)
-        if found is None:
-            found = parse_envelope(
-                packet.envelope, max_size=max(ENVELOPE_MAX, len(packet.envelope))
-            )
-            self._cache[packet.id] = found
-        return found
+class _Conflict(Exception):
+    """A receipt of the batch was stored by a concurrent request: start the batch over."""
 
 
-async def _visible_packet(session: AsyncSession, caller: Caller, packet_id: bytes) -> Packet:
-    """The accepted packet, if the caller sent it or is one of its recipients."""
-    packet = await session.get(Packet, packet_id)
-    if packet is not None and packet.state == ACCEPTED:
-        if packet.sender == caller.organ:
-            return packet
-        if await session.get(DeliveryRow, (packet_id, caller.organ)) is not None:
-            return packet
-    raise RemoteError("packet_unknown")
-
-
-async def _apply_receipt(
-    hub: Hub,
-    session: AsyncSession,
-    caller: Caller,
-    raw: bytes,
-    at: int,
-    envelopes: _Envelopes,
-    wake: set[str],
-) -> dict[str, Any]:
-    parsed = parse_office_receipt(raw)
-    r = parsed.receipt
-    if r.signer != caller.organ:
-        raise RemoteError("receipt_signer_mismatch", f"the receipt is signed for {r.signer}")
-    result = {
-        "packet_id": str(uuid.UUID(bytes=r.packet_id)),
-        "organ": r.organ,
-        "receipt_status": r.status,
-    }
-    duplicate = await session.scalar(
-        select(DeliveryEvent.id).where(DeliveryEvent.digest == parsed.digest)
-    )
-    packet = await _visible_packet(session, caller, r.packet_id)
-    if duplicate is not None:
-        state = await session.scalar(
-            select(DeliveryRow.state).where(
-                DeliveryRow.packet_id == r.packet_id, DeliveryRow.organ == r.organ
-            )
-        )
-        return {"status": 200, **result, "state": state, "duplicate": True}
-    env = envelopes.get(packet)
-    entries = await directory.verified_entries(session, hub.entries, [r.signer])
-    if r.signer not in entries:
-        raise RemoteError("organ_unknown", f"{r.signer} has no directory entry")
-    verify_office_receipt(parsed, entries[r.signer], envelope=env, received_at=at)
-    row = await session.get(DeliveryRow, (r.packet_id, r.organ), with_for_update=True)
-    if row is None:
-        raise RemoteError("recipient_not_addressed", f"{r.organ} has no delivery of this packet")
-    history = await session.execute(
-        select(DeliveryEvent.status, DeliveryEvent.at)
-        .where(
-            DeliveryEvent.packet_id == r.packet_id,
-            DeliveryEvent.organ == r.organ,
-            DeliveryEvent.source == "office",
-        )
-        .order_by(DeliveryEvent.id)
-    )
-    delivery = Delivery.replay(
-        [(status, when) for status, when in history], packet_id=r.packet_id, organ=r.organ
-    )
-    state = delivery.apply_receipt(r)
-    event = DeliveryEvent(
-        packet_id=r.packet_id,
-        organ=r.organ,
-        source="office",
-        status=r.status,
-        at=r.at,
-        received_at=at,
-        signer=r.signer,
-        receipt=parsed.raw,
-        digest=parsed.digest,
-    )
-    async with session.begin_nested():
-        session.add(event)
-        await session.flush()
-    row.state = state
-    row.updated_at = at
-    await append_event(
-        session,
-        "receipt",
-        at,
-        packet_id=r.packet_id,
-        envelope_digest=r.envelope_digest,
-        organ=r.organ,
-        status=r.status,
-        receipt=parsed.raw,
-    )
-    relay_to = packet.sender if r.signer == r.organ else r.organ
-    session.add(
-        MailboxItem(
-            organ=relay_to,
-            kind="receipt",
-            packet_id=r.packet_id,
-            urgency=packet.urgency,
-            event_id=event.id,
-            created_at=at,
-        )
-    )
-    wake.add(relay_to)
-    hub.metrics.receipts.labels(r.status).inc()
-    return {"status": 200, **result, "state": state}
+@dataclass(slots=True)
+class _Batch:
+    results: list[dict[str, Any]]
+    wake: set[str]
+    applied: list[str]
 
 
 async def post_receipts(hub: Hub, caller: Caller, raws: Sequence[bytes]) -> list[dict[str, Any]]:
-    """Verify, apply, store and relay each receipt; one result per receipt, in order."""
+    """Verify, apply, store and relay each receipt; one result per receipt, in order.
+
+    Set-based: whatever the batch size, one query each for the packets, the delivery rows
+    (locked), the receipts already stored, the histories and the signer's entry, then one
+    bulk statement each for the new history events, the delivery states, the audit-log
+    events and the relayed mailbox items.  The receipts are still checked and applied one
+    by one, in order, against the state the earlier ones of the batch left.
+
+    A receipt stored by a concurrent request between our duplicate check and our insert
+    (possible only where row locks do not serialise us) makes the insert skip it: the
+    batch then starts over in a new transaction, where it is a plain duplicate.
+    """
     at = now()
-    envelopes = _Envelopes()
-    wake: set[str] = set()
-    results: list[dict[str, Any]] = []
-    async with hub.sessions.begin() as session:
-        for raw in raws:
-            try:
-                results.append(await _apply_receipt(hub, session, caller, raw, at, envelopes, wake))
-            except RemoteError as exc:
-                results.append({"status": exc.status, "code": exc.code, "detail": exc.detail})
-            except IntegrityError:
-                # The same receipt stored concurrently by another request: a duplicate.
-                results.append({"status": 200, "duplicate": True})
-        await hub.notifier.publish(session, wake)
-    hub.notifier.wake(wake)
-    return results
+    batch: _Batch | None = None
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            batch = await _post_batch(hub, caller, raws, at, last=attempt == _ATTEMPTS)
+            break
+        except _Conflict:
+            log.info("receipt stored concurrently: batch retried", organ=caller.organ)
+    assert batch is not None
+    hub.notifier.wake(batch.wake)
+    for status in batch.applied:
+        hub.metrics.receipts.labels(status).inc()
+    return batch.results
+
+
+def _problem(exc: RemoteError) -> dict[str, Any]:
+    return {"status": exc.status, "code": exc.code, "detail": exc.detail}
+
+
+async def _post_batch(
+    hub: Hub, caller: Caller, raws: Sequence[bytes], at: int, *, last: bool
+) -> _Batch:
+    results: list[dict[str, Any]] = [{} for _ in raws]
+    todo: list[tuple[int, ParsedReceipt]] = []
+    for i, raw in enumerate(raws):
+        try:
+            parsed = parse_office_receipt(raw)
+            if parsed.receipt.signer != caller.organ:
+                raise RemoteError(
+                    "receipt_signer_mismatch", f"the receipt is signed for {parsed.receipt.signer}"
+                )
+        except RemoteError as exc:
+            results[i] = _problem(exc)
+            continue
+        todo.append((i, parsed))
+    batch = _Batch(results, set(), [])
+    if not todo:
+        return batch
+    async with hub.engine.begin() as conn:
+        await _apply_batch(hub, conn, caller, todo, at, batch, last=last)
+        await hub.notifier.publish(conn, batch.wake)
+    return batch
+
+
+async def _apply_batch(
+    hub: Hub,
+    conn: AsyncConnection,
+    caller: Caller,
+    todo: list[tuple[int, ParsedReceipt]],
+    at: int,
+    batch: _Batch,
+    *,
+    last: bool,
+) -> None:
+    packet_ids = sorted({p.receipt.packet_id for _, p in todo})
+    packets = {bytes(row.id): row for row in await conn.execute(_PACKETS, {"ids": packet_ids})}
+    # The rows receipts apply to, locked (in key order: no deadlock between batches),
+    # and the caller's own, which make a packet visible to a recipient.
+    pairs = {
+        (p.receipt.packet_id, p.receipt.organ) for _, p in todo if p.receipt.packet_id in packets
+    }
+    pairs |= {(pid, caller.organ) for pid in packets}
+    states: dict[tuple[bytes, str], str] = {}
+    if pairs:
+        rows = await conn.execute(_ROWS, {"pairs": sorted(pairs)})
+        states = {(bytes(pid), organ): state for pid, organ, state in rows}
+
+    def visible(packet_id: bytes) -> bool:
+        packet = packets.get(packet_id)
+        return packet is not None and (
+            packet.sender == caller.organ or (packet_id, caller.organ) in states
+        )
+
+    stored = {
+        bytes(d)
+        for d in await conn.scalars(_STORED, {"digests": sorted({p.digest for _, p in todo})})
+    }
+    fresh = [p for _, p in todo if visible(p.receipt.packet_id) and p.digest not in stored]
+    histories: dict[tuple[bytes, str], list[tuple[str, int]]] = {}
+    entry = None
+    wanted = sorted({(p.receipt.packet_id, p.receipt.organ) for p in fresh} & states.keys())
+    if wanted:
+        for pid, organ, status, when in await conn.execute(_HISTORIES, {"pairs": wanted}):
+            histories.setdefault((bytes(pid), organ), []).append((status, when))
+    if fresh:
+        raw_entry = await conn.scalar(_ENTRY, {"code": caller.organ})
+        entry = None if raw_entry is None else hub.entries.verify(raw_entry)
+
+    deliveries: dict[tuple[bytes, str], Delivery] = {}
+    applied: list[tuple[int, ParsedReceipt]] = []
+    seen: set[bytes] = set()
+    for i, parsed in todo:
+        r = parsed.receipt
+        result = {
+            "packet_id": str(uuid.UUID(bytes=r.packet_id)),
+            "organ": r.organ,
+            "receipt_status": r.status,
+        }
+        key = (r.packet_id, r.organ)
+        try:
+            if not visible(r.packet_id):
+                raise RemoteError("packet_unknown")
+            if parsed.digest in stored or parsed.digest in seen:
+                batch.results[i] = {
+                    "status": 200,
+                    **result,
+                    "state": states.get(key),
+                    "duplicate": True,
+                }
+                continue
+            packet = packets[r.packet_id]
+            if entry is None:
+                raise RemoteError("organ_unknown", f"{r.signer} has no directory entry")
+            # What verifying against the stored envelope checks first, from its columns
+            # (parsing a large envelope per receipt would cost more than all the rest):
+            # the envelope digest, then that the organ is addressed -- the delivery rows
+            # are the envelope's recipients.
+            if not hmac.compare_digest(bytes(packet.envelope_digest), r.envelope_digest):
+                raise RemoteError(
+                    "receipt_envelope_mismatch", "the receipt names another envelope digest"
+                )
+            if key not in states:
+                raise RemoteError(
+                    "recipient_not_addressed", f"{r.organ} is not a recipient of this packet"
+                )
+            verify_office_receipt(
+                parsed,
+                entry,
+                packet_id=r.packet_id,
+                envelope_digest=bytes(packet.envelope_digest),
+                sender=packet.sender,
+                received_at=at,
+            )
+            delivery = deliveries.get(key)
+            if delivery is None:
+                delivery = Delivery.replay(
+                    histories.get(key, []), packet_id=r.packet_id, organ=r.organ
+                )
+                deliveries[key] = delivery
+            states[key] = delivery.apply_receipt(r)
+        except RemoteError as exc:
+            batch.results[i] = _problem(exc)
+            continue
+        seen.add(parsed.digest)
+        applied.append((i, parsed))
+        batch.results[i] = {"status": 200, **result, "state": states[key]}
+    if not applied:
+        return
+
+    inserted = {
+        bytes(digest): event_id
+        for event_id, digest in await conn.execute(
+            _INSERT_EVENTS[conn.dialect.name],
+            [
+                {
+                    "packet_id": p.receipt.packet_id,
+                    "organ": p.receipt.organ,
+                    "source": "office",
+                    "status": p.receipt.status,
+                    "at": p.receipt.at,
+                    "received_at": at,
+                    "signer": p.receipt.signer,
+                    "receipt": p.raw,
+                    "digest": p.digest,
+                }
+                for _, p in applied
+            ],
+        )
+    }
+    if len(inserted) != len(applied):
+        if not last:
+            raise _Conflict
+        for i, p in applied:
+            if p.digest not in inserted:
+                batch.results[i] = {"status": 200, "duplicate": True}
+        applied = [(i, p) for i, p in applied if p.digest in inserted]
+    touched = sorted({(p.receipt.packet_id, p.receipt.organ) for _, p in applied})
+    if touched:
+        await conn.execute(
+            _SET_STATES,
+            [
+                {"b_packet_id": pid, "b_organ": organ, "b_state": states[(pid, organ)], "b_at": at}
+                for pid, organ in touched
+            ],
+        )
+    await append_encoded(
+        conn,
+        [
+            (
+                encode_event(
+                    "receipt",
+                    at,
+                    packet_id=p.receipt.packet_id,
+                    envelope_digest=p.receipt.envelope_digest,
+                    organ=p.receipt.organ,
+                    status=p.receipt.status,
+                    receipt=p.raw,
+                ),
+                p.receipt.packet_id,
+            )
+            for _, p in applied
+        ],
+    )
+    mail: list[dict[str, Any]] = []
+    for _, p in applied:
+        r = p.receipt
+        packet = packets[r.packet_id]
+        relay_to = packet.sender if r.signer == r.organ else r.organ
+        mail.append(
+            {
+                "organ": relay_to,
+                "kind": "receipt",
+                "packet_id": r.packet_id,
+                "urgency": packet.urgency,
+                "event_id": inserted[p.digest],
+                "created_at": at,
+            }
+        )
+        batch.wake.add(relay_to)
+        batch.applied.append(r.status)
+    if mail:
+        await conn.execute(_INSERT_MAIL, mail)
 
 
 async def record_fetch(hub: Hub, organ: str, packet_ids: Sequence[bytes]) -> int:
     """A recipient downloaded the body completely: ``fetched``, once per delivery."""
-    at = now()
-    recorded = 0
-    async with hub.sessions.begin() as session:
-        for packet_id in packet_ids:
-            claimed = await session.execute(
-                update(DeliveryRow)
-                .where(
-                    DeliveryRow.packet_id == packet_id,
-                    DeliveryRow.organ == organ,
-                    DeliveryRow.fetched_at.is_(None),
-                )
-                .values(fetched_at=at)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                continue
-            packet = await session.get(Packet, packet_id)
-            assert packet is not None
-            fields = {
-                "packet_id": packet_id,
-                "envelope_digest": packet.envelope_digest,
-                "organ": organ,
-            }
-            await append_event(session, "body_fetched", at, **fields)
-            session.add(
-                HubReceiptPending(
-                    kind="fetched",
-                    packet_id=packet_id,
-                    organ=organ,
-                    at=at,
-                    event=encode_event("body_fetched", at, **fields),
-                )
-            )
-            recorded += 1
+    async with hub.engine.begin() as conn:
+        recorded = await record_fetches(conn, organ, packet_ids, now())
     if recorded:
         hub.signer.poke()
         log.info("body fetched", organ=organ, packets=recorded)
     return recorded
 
 
+async def record_fetches(
+    conn: AsyncConnection,
+    organ: str,
+    packet_ids: Collection[bytes],
+    at: int,
+    *,
+    inline_only: bool = False,
+) -> int:
+    """Record ``fetched`` for the deliveries of ``packet_ids`` to ``organ`` not yet fetched.
+
+    In the caller's transaction and in bulk: one UPDATE claims the deliveries (``fetched_at``
+    still empty: exactly once per delivery, whoever records it -- a download, an
+    acknowledged inline body, concurrently or not), then one INSERT each for the
+    ``body_fetched`` audit events and the pending hub receipts.  With ``inline_only``,
+    only packets whose body travels inline in mailbox answers (:data:`INLINE_BODY_MAX`,
+    not deleted) count.  Returns how many were recorded.
+    """
+    if not packet_ids:
+        return 0
+    params = {"b_organ": organ, "b_ids": sorted(set(packet_ids)), "b_at": at}
+    claimed = sorted(
+        bytes(pid) for pid in await conn.scalars(_CLAIM_INLINE if inline_only else _CLAIM, params)
+    )
+    if not claimed:
+        return 0
+    digests = {
+        bytes(pid): bytes(digest) for pid, digest in await conn.execute(_DIGESTS, {"ids": claimed})
+    }
+    events: list[tuple[bytes, bytes | None]] = []
+    pending: list[dict[str, Any]] = []
+    for pid in claimed:
+        event = encode_event(
+            "body_fetched", at, packet_id=pid, envelope_digest=digests[pid], organ=organ
+        )
+        events.append((event, pid))
+        pending.append(
+            {"kind": "fetched", "packet_id": pid, "organ": organ, "at": at, "event": event}
+        )
+    await append_encoded(conn, events)
+    await conn.execute(_INSERT_PENDING, pending)
+    return len(claimed)
+
+
 async def packet_status(hub: Hub, caller: Caller, packet_id: bytes) -> dict[str, Any]:
     """Every recipient's state and history, for the sender and for auditors."""
-    async with hub.sessions() as session:
+    async with hub.reads() as session:
         packet = await session.get(Packet, packet_id)
         if packet is None or (caller.role == "office" and packet.sender != caller.organ):
             raise RemoteError("packet_unknown")
@@ -283,27 +499,8 @@ async def packet_status(hub: Hub, caller: Caller, packet_id: bytes) -> dict[str,
 
 async def readable_packets(hub: Hub, caller: Caller, digest: bytes) -> tuple[list[bytes], bool]:
     """Accepted packets with this body the caller may download: (as recipient, as sender)."""
-    async with hub.sessions() as session:
-        rows = (
-            await session.execute(
-                select(Packet.id, Packet.sender).where(
-                    Packet.body_sha256 == digest,
-                    Packet.state == ACCEPTED,
-                    Packet.body_deleted_at.is_(None),
-                )
-            )
-        ).all()
-        if not rows:
-            return [], False
-        as_sender = any(sender == caller.organ for _, sender in rows)
-        as_recipient = list(
-            (
-                await session.scalars(
-                    select(DeliveryRow.packet_id).where(
-                        DeliveryRow.packet_id.in_([pid for pid, _ in rows]),
-                        DeliveryRow.organ == caller.organ,
-                    )
-                )
-            ).all()
-        )
-    return [bytes(p) for p in as_recipient], as_sender
+    async with hub.reader.connect() as conn:
+        rows = (await conn.execute(_READABLE, {"organ": caller.organ, "digest": digest})).all()
+    as_sender = any(sender == caller.organ for _, sender, _ in rows)
+    as_recipient = [bytes(pid) for pid, _, organ in rows if organ is not None]
+    return as_recipient, as_sender

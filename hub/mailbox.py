@@ -7,6 +7,18 @@ stored (``POST /v1/mailbox/ack``), so a crash between read and store loses nothi
 delivery is at least once, and nodes drop what they already have by packet id or receipt
 digest.  Order: most urgent first, then oldest.
 
+**Small bodies travel inline.**  An envelope item whose body is at most
+:data:`hub.deliveries.INLINE_BODY_MAX` bytes (and not deleted by retention) carries the
+body too, base64 in ``body.data``, always -- an item that does not fit the answer's
+byte budget with its body waits for the next answer -- so the node needs no
+``GET /v1/bodies/{digest}`` for it.  Acknowledging such an item records ``fetched`` for
+the delivery (once, whether an earlier download already did), in the acknowledging
+transaction and in bulk (:func:`hub.deliveries.record_fetches`).
+
+Reads run without a transaction (:attr:`hub.context.Hub.reader`); the encoded envelope and
+inline body of a packet are kept a short while (:mod:`hub.mailcache`), so a packet sent
+to many offices is read and encoded once, not once per long-poll.
+
 :func:`long_poll` waits up to ``wait`` seconds for something to arrive, woken by
 :class:`hub.notify.MailboxNotifier` (in-process, or PostgreSQL NOTIFY from another hub
 process) and re-reading the mailbox every :data:`RECHECK` seconds regardless.
@@ -19,15 +31,23 @@ import base64
 import contextlib
 import uuid
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .context import Hub
+from .blobs import BlobStore
+from .clock import now
+from .deliveries import INLINE_BODY_MAX, record_fetches
+from .logs import get_logger
+from .mailcache import Encoded
 from .models import DeliveryEvent, MailboxItem, Packet
 
-#: Envelope bytes one answer carries at most (at least one item is always returned).
+if TYPE_CHECKING:
+    from .context import Hub
+
+#: Envelope and inline body bytes one answer carries at most (at least one item is
+#: always returned).
 BYTES_BUDGET: Final = 8 * 1024 * 1024
 #: A waiting request re-reads its mailbox this often even without a wake-up.  Only a
 #: safety net: wake-ups are in-process events and PostgreSQL NOTIFY (sent in the
@@ -36,72 +56,132 @@ BYTES_BUDGET: Final = 8 * 1024 * 1024
 #: a CPU per 1,000 idle offices (tests/bench, scenario 5).
 RECHECK: Final = 30.0
 ACK_MAX: Final = 5000
+log = get_logger("hub.mailbox")
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-async def read_items(session: AsyncSession, organ: str, limit: int) -> list[dict[str, Any]]:
-    items = (
-        await session.scalars(
-            select(MailboxItem)
-            .where(MailboxItem.organ == organ)
-            .order_by(MailboxItem.urgency.desc(), MailboxItem.id)
-            .limit(limit)
+def inline(size: int, deleted_at: int | None) -> bool:
+    """Whether a body of ``size`` bytes travels inline (the same rule as acknowledging)."""
+    return size <= INLINE_BODY_MAX and deleted_at is None
+
+
+def _read_bodies(blobs: BlobStore, wanted: list[tuple[bytes, int]]) -> dict[bytes, bytes]:
+    """The bodies that are stored whole (``digest -> bytes``); the others are left out."""
+    out: dict[bytes, bytes] = {}
+    for digest, size in wanted:
+        try:
+            with blobs.open(digest) as fh:
+                data = fh.read(size + 1)
+        except OSError:
+            continue
+        if len(data) == size:
+            out[digest] = data
+    return out
+
+
+_M = cast(Table, MailboxItem.__table__)
+_P = cast(Table, Packet.__table__)
+_E = cast(Table, DeliveryEvent.__table__)
+_ITEMS = (
+    select(
+        _M.c.id,
+        _M.c.kind,
+        _M.c.packet_id,
+        _M.c.urgency,
+        _M.c.created_at,
+        _P.c.body_sha256,
+        _P.c.body_size,
+        _P.c.body_deleted_at,
+        _E.c.organ,
+        _E.c.status,
+        _E.c.signer,
+        _E.c.receipt,
+    )
+    .select_from(_M.join(_P, _P.c.id == _M.c.packet_id).outerjoin(_E, _E.c.id == _M.c.event_id))
+    .where(_M.c.organ == bindparam("organ"))
+    .order_by(_M.c.urgency.desc(), _M.c.id)
+    .limit(bindparam("limit"))
+)
+_PACKETS = select(
+    _P.c.id, _P.c.envelope, _P.c.body_sha256, _P.c.body_size, _P.c.body_deleted_at
+).where(_P.c.id.in_(bindparam("ids", expanding=True)))
+_REMOVE = (
+    delete(_M)
+    .where(_M.c.organ == bindparam("organ"), _M.c.id.in_(bindparam("ids", expanding=True)))
+    .returning(_M.c.packet_id, _M.c.kind)
+)
+
+
+async def _load_packets(
+    hub: Hub, conn: AsyncConnection, packet_ids: list[bytes]
+) -> dict[bytes, Encoded]:
+    """Envelopes (and small bodies) of these packets, encoded for an answer."""
+    rows = (await conn.execute(_PACKETS, {"ids": packet_ids})).all()
+    small = [(bytes(sha256), size) for _, _, sha256, size, deleted in rows if inline(size, deleted)]
+    bodies = await hub.blocking(_read_bodies, hub.blobs, small) if small else {}
+    out: dict[bytes, Encoded] = {}
+    for pid, envelope, sha256, size, deleted in rows:
+        body = bodies.get(bytes(sha256)) if inline(size, deleted) else None
+        if inline(size, deleted) and body is None:
+            log.warning("small body not readable: served by download", packet_id=bytes(pid).hex())
+        out[bytes(pid)] = Encoded(
+            envelope=_b64(envelope),
+            envelope_size=len(envelope),
+            body=None if body is None else _b64(body),
         )
-    ).all()
-    if not items:
+    return out
+
+
+async def read_items(
+    hub: Hub, conn: AsyncConnection, organ: str, limit: int
+) -> list[dict[str, Any]]:
+    rows = (await conn.execute(_ITEMS, {"organ": organ, "limit": limit})).all()
+    if not rows:
         return []
-    envelope_ids = {i.packet_id for i in items if i.kind == "envelope"}
-    event_ids = {i.event_id for i in items if i.event_id is not None}
-    packets: dict[bytes, Any] = {}
+    envelope_ids = {bytes(r.packet_id) for r in rows if r.kind == "envelope"}
+    packets: dict[bytes, Encoded] = {}
     if envelope_ids:
-        rows = await session.execute(
-            select(Packet.id, Packet.envelope, Packet.body_sha256, Packet.body_size).where(
-                Packet.id.in_(envelope_ids)
-            )
-        )
-        packets = {bytes(r[0]): r for r in rows}
-    events: dict[int, DeliveryEvent] = {}
-    if event_ids:
-        events = {
-            e.id: e
-            for e in await session.scalars(
-                select(DeliveryEvent).where(DeliveryEvent.id.in_(event_ids))
-            )
-        }
+
+        async def load(missing: list[bytes]) -> dict[bytes, Encoded]:
+            return await _load_packets(hub, conn, missing)
+
+        packets = await hub.items.get_many(envelope_ids, load)
     out: list[dict[str, Any]] = []
     budget = BYTES_BUDGET
-    for item in items:
+    for row in rows:
         doc: dict[str, Any] = {
-            "id": item.id,
-            "kind": item.kind,
-            "packet_id": str(uuid.UUID(bytes=item.packet_id)),
-            "urgency": item.urgency,
-            "created_at": item.created_at,
+            "id": row.id,
+            "kind": row.kind,
+            "packet_id": str(uuid.UUID(bytes=bytes(row.packet_id))),
+            "urgency": row.urgency,
+            "created_at": row.created_at,
         }
-        if item.kind == "envelope":
-            _, envelope, sha256, size = packets[item.packet_id]
-            if out and len(envelope) > budget:
+        if row.kind == "envelope":
+            packet = packets.get(bytes(row.packet_id))
+            if packet is None:
+                continue
+            body = packet.body if inline(row.body_size, row.body_deleted_at) else None
+            size = packet.envelope_size + (row.body_size if body is not None else 0)
+            if out and size > budget:
                 break
-            budget -= len(envelope)
-            doc["envelope"] = _b64(envelope)
-            doc["body"] = {
-                "sha256": sha256.hex(),
-                "size": size,
-                "url": f"/v1/bodies/{sha256.hex()}",
-            }
+            budget -= size
+            sha256 = bytes(row.body_sha256).hex()
+            doc["envelope"] = packet.envelope
+            doc["body"] = {"sha256": sha256, "size": row.body_size, "url": f"/v1/bodies/{sha256}"}
+            if body is not None:
+                doc["body"]["data"] = body
         else:
-            event = events[item.event_id] if item.event_id is not None else None
-            if event is None:
+            if row.receipt is None:
                 continue
             doc.update(
                 {
-                    "organ": event.organ,
-                    "status": event.status,
-                    "signer": event.signer,
-                    "receipt": _b64(event.receipt),
+                    "organ": row.organ,
+                    "status": row.status,
+                    "signer": row.signer,
+                    "receipt": _b64(row.receipt),
                 }
             )
         out.append(doc)
@@ -109,11 +189,18 @@ async def read_items(session: AsyncSession, organ: str, limit: int) -> list[dict
 
 
 async def ack(hub: Hub, organ: str, ids: Sequence[int]) -> int:
-    async with hub.sessions.begin() as session:
-        result = await session.execute(
-            delete(MailboxItem).where(MailboxItem.organ == organ, MailboxItem.id.in_(list(ids)))
-        )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    """Remove the organ's items ``ids``; record ``fetched`` for inline bodies among them."""
+    if not ids:
+        return 0
+    at = now()
+    async with hub.engine.begin() as conn:
+        removed = (await conn.execute(_REMOVE, {"organ": organ, "ids": sorted(set(ids))})).all()
+        envelopes = {bytes(pid) for pid, kind in removed if kind == "envelope"}
+        fetched = await record_fetches(conn, organ, envelopes, at, inline_only=True)
+    if fetched:
+        hub.signer.poke()
+        log.info("inline body fetched", organ=organ, packets=fetched)
+    return len(removed)
 
 
 async def long_poll(hub: Hub, organ: str, wait: float, limit: int) -> list[dict[str, Any]]:
@@ -122,8 +209,8 @@ async def long_poll(hub: Hub, organ: str, wait: float, limit: int) -> list[dict[
     with hub.notifier.listen(organ) as woken:
         while True:
             woken.clear()
-            async with hub.sessions() as session:
-                items = await read_items(session, organ, limit)
+            async with hub.reader.connect() as conn:
+                items = await read_items(hub, conn, organ, limit)
             left = deadline - loop.time()
             if items or left <= 0 or hub.notifier.closing:
                 return items

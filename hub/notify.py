@@ -9,6 +9,12 @@ own waiters.  On SQLite there is one process by design, so in-process events suf
 Notifications are a hint, never the truth: a woken request reads its mailbox from the
 database, and waiters re-read it every few seconds anyway, so a notification lost while
 the listener reconnects costs latency, not mail.
+
+A second channel (the first's name + ``_sessions``) says "sessions changed": a key was
+revoked or superseded, so every hub process drops the bearer tokens it remembers
+(:class:`hub.sessions.TokenCache`).  It is sent the same way, in the transaction that
+makes the change (:func:`sessions_changed`; the CLI sends it too), and a listener that
+reconnects drops them as well, since it may have missed one.
 """
 
 from __future__ import annotations
@@ -16,20 +22,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from .logs import get_logger
 
 #: PostgreSQL refuses payloads of 8000 bytes or more.
 _PAYLOAD_MAX: Final = 7000
 _WAKE_ALL: Final = "*"
+_SESSIONS: Final = "_sessions"
 log = get_logger("hub.notify")
+
+
+def channel_for(hub_kid: bytes) -> str:
+    """The mailbox channel of the hub with this signing key id (one per hub database)."""
+    return f"lienthong_{hub_kid.hex()[:16]}"
+
+
+async def sessions_changed(session: AsyncSession, channel: str) -> None:
+    """Queue "sessions changed" in ``session``'s transaction (PostgreSQL only).
+
+    For code outside a running hub (the CLI); handlers use
+    :meth:`MailboxNotifier.sessions_changed` and, after the commit,
+    :meth:`MailboxNotifier.sessions_dropped`, which clear their own process too.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel + _SESSIONS})
 
 
 class MailboxNotifier:
@@ -39,6 +63,7 @@ class MailboxNotifier:
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
         self._postgres = False
+        self._on_sessions: list[Callable[[], None]] = []
         self.closing = False
 
     # -- in-process ---------------------------------------------------------------------
@@ -71,7 +96,7 @@ class MailboxNotifier:
 
     # -- across processes ---------------------------------------------------------------
 
-    async def publish(self, session: AsyncSession, organs: Iterable[str]) -> None:
+    async def publish(self, session: AsyncSession | AsyncConnection, organs: Iterable[str]) -> None:
         """Queue a notification in ``session``'s transaction (PostgreSQL only)."""
         if not self._postgres:
             return
@@ -86,7 +111,7 @@ class MailboxNotifier:
         if batch:
             await self._notify(session, batch)
 
-    async def _notify(self, session: AsyncSession, organs: list[str]) -> None:
+    async def _notify(self, session: AsyncSession | AsyncConnection, organs: list[str]) -> None:
         await session.execute(
             text("SELECT pg_notify(:channel, :payload)"),
             {"channel": self.channel, "payload": ",".join(organs)},
@@ -95,6 +120,31 @@ class MailboxNotifier:
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         if isinstance(payload, str):
             self.wake(payload.split(","))
+
+    # -- sessions changed -----------------------------------------------------------------
+
+    def on_sessions_changed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever sessions may have changed (here or in another process)."""
+        self._on_sessions.append(callback)
+
+    def sessions_dropped(self) -> None:
+        for callback in self._on_sessions:
+            callback()
+
+    async def sessions_changed(self, session: AsyncSession) -> None:
+        """Sessions change in ``session``'s transaction: tell the other hub processes.
+
+        They hear it when PostgreSQL delivers the notification at commit.  Call
+        :meth:`sessions_dropped` after the commit for this process (a lookup that ran
+        before the commit may have remembered the old rows).
+        """
+        self.sessions_dropped()
+        if self._postgres:
+            await sessions_changed(session, self.channel)
+
+    def _on_sessions_notify(self, _conn: Any, _pid: int, _channel: str, _payload: object) -> None:
+        self.sessions_dropped()
+        log.info("sessions changed: remembered bearer tokens dropped")
 
     async def start(self, url: URL) -> None:
         """On PostgreSQL, LISTEN on a dedicated connection (reconnecting when it drops)."""
@@ -116,10 +166,12 @@ class MailboxNotifier:
                 conn = await asyncpg.connect(dsn)
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(self.channel, self._on_notify)
+                await conn.add_listener(self.channel + _SESSIONS, self._on_sessions_notify)
                 self._conn = conn
                 ready.set()
                 backoff = 0.5
                 self.wake_all()  # whatever was sent while we were away
+                self.sessions_dropped()
                 await lost.wait()
                 log.warning("mailbox listener connection lost")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

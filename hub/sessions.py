@@ -8,16 +8,26 @@
    token bound to organ, key id, role and expiry.
 3. :func:`authenticate` runs on every request: the token must exist, be unexpired, and
    its key still be valid and unrevoked *now* -- a revocation takes effect at once.
+
+The API's bearer check (:func:`hub.api.common.require`) keeps the rows it looked up in a
+per-process :class:`TokenCache` for :data:`TOKEN_CACHE_TTL` seconds, and checks expiry
+and revocation times against *now* on every request.  What changes those rows -- a key
+revoked (``revoke``, by the API or the CLI), a key superseded by a new enrolment --
+clears the cache of every hub process: in-process at once, in the others through a
+PostgreSQL NOTIFY sent in the same transaction (:mod:`hub.notify`).  Should a
+notification be lost, the TTL bounds how long a revoked session may still be accepted.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from protocol import signed
 from protocol.directory import check_organ_code
@@ -29,6 +39,10 @@ from .models import OrganKey, SessionChallenge, SessionToken
 CHALLENGE_SIZE: Final = 32
 #: Outstanding challenges one organ may hold; older ones are dropped past this.
 CHALLENGES_PER_ORGAN: Final = 16
+#: Seconds a looked-up bearer token is trusted without asking the database again.
+TOKEN_CACHE_TTL: Final = 2.0
+#: Tokens one process remembers at most (the oldest lookups dropped first).
+TOKEN_CACHE_SIZE: Final = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,31 +137,98 @@ async def open_session(
     return token, expires, entry.role
 
 
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """What a bearer token is bound to, as stored (checked against the clock per use)."""
+
+    organ: str
+    kid: bytes
+    role: str
+    expires_at: int
+    revoked_at: int | None
+    not_after: int
+
+    def caller(self, now: int) -> Caller:
+        """The caller, unless the token expired or its key was revoked or retired by now."""
+        if self.expires_at <= now:
+            raise RemoteError("token_invalid", "the bearer token has expired")
+        if self.revoked_at is not None and self.revoked_at <= now:
+            raise RemoteError("token_invalid", "the key of this session was revoked")
+        if self.not_after <= now:
+            raise RemoteError("token_invalid", "the key of this session has expired")
+        return Caller(organ=self.organ, kid=self.kid, role=self.role)
+
+
+class TokenCache:
+    """Bearer tokens looked up recently, by token hash, for at most ``ttl`` seconds.
+
+    Only tokens found in the database are remembered (an unknown token always asks).
+    :meth:`clear` forgets everything; a lookup that started before a clear is not stored
+    afterwards (:attr:`generation`), so a row read just before a revocation committed
+    cannot outlive it here.
+    """
+
+    def __init__(self, ttl: float = TOKEN_CACHE_TTL, size: int = TOKEN_CACHE_SIZE) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.generation = 0
+        self._rows: OrderedDict[bytes, tuple[float, TokenRow]] = OrderedDict()
+
+    def get(self, digest: bytes) -> TokenRow | None:
+        found = self._rows.get(digest)
+        if found is None:
+            return None
+        if time.monotonic() - found[0] >= self.ttl:
+            del self._rows[digest]
+            return None
+        return found[1]
+
+    def put(self, digest: bytes, row: TokenRow, generation: int) -> None:
+        if generation != self.generation or self.ttl <= 0:
+            return
+        self._rows[digest] = (time.monotonic(), row)
+        self._rows.move_to_end(digest)
+        while len(self._rows) > self.size:
+            self._rows.popitem(last=False)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._rows.clear()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+_TOKENS = SessionToken.__table__
+_KEYS = OrganKey.__table__
+_FIND_TOKEN = (
+    select(
+        _TOKENS.c.organ,
+        _TOKENS.c.kid,
+        _TOKENS.c.role,
+        _TOKENS.c.expires_at,
+        _KEYS.c.revoked_at,
+        _KEYS.c.not_after,
+    )
+    .join(_KEYS, _KEYS.c.kid == _TOKENS.c.kid)
+    .where(_TOKENS.c.token_hash == bindparam("digest"))
+)
+
+
+async def find_token(db: AsyncSession | AsyncConnection, digest: bytes) -> TokenRow | None:
+    """The stored session of a token hash, joined with its key; None if unknown."""
+    row = (await db.execute(_FIND_TOKEN, {"digest": digest})).first()
+    if row is None:
+        return None
+    organ, kid, role, expires_at, revoked_at, not_after = row
+    return TokenRow(organ, bytes(kid), role, expires_at, revoked_at, not_after)
+
+
 async def authenticate(session: AsyncSession, token: str, now: int) -> Caller:
-    row = (
-        await session.execute(
-            select(
-                SessionToken.organ,
-                SessionToken.kid,
-                SessionToken.role,
-                SessionToken.expires_at,
-                OrganKey.revoked_at,
-                OrganKey.not_after,
-            )
-            .join(OrganKey, OrganKey.kid == SessionToken.kid)
-            .where(SessionToken.token_hash == token_hash(token))
-        )
-    ).first()
+    row = await find_token(session, token_hash(token))
     if row is None:
         raise RemoteError("token_invalid", "the bearer token is unknown")
-    organ, kid, role, expires_at, revoked_at, not_after = row
-    if expires_at <= now:
-        raise RemoteError("token_invalid", "the bearer token has expired")
-    if revoked_at is not None and revoked_at <= now:
-        raise RemoteError("token_invalid", "the key of this session was revoked")
-    if not_after <= now:
-        raise RemoteError("token_invalid", "the key of this session has expired")
-    return Caller(organ=organ, kid=bytes(kid), role=role)
+    return row.caller(now)
 
 
 async def purge_expired(session: AsyncSession, now: int) -> int:

@@ -13,6 +13,8 @@ and the JSON documented by the hub; it never imports the hub.
 * **Bodies stream.**  An upload reads the sealed body from its file in 256 KiB pieces; a
   download writes to a ``.part`` file and resumes with ``Range`` where it stopped, so
   memory stays bounded whatever the size and an interrupted transfer is not started over.
+  Small bodies (at most 64 KiB) come inline in the mailbox answer instead
+  (:func:`inline_body`), checked exactly like a downloaded one.
 * **Errors.**  A JSON problem answer (``{"code", "detail"}``) raises :class:`HubError`
   with the hub's code; no answer at all (refused, reset, timed out) or a 5xx without a
   problem body raises :class:`HubUnavailable`.
@@ -65,6 +67,28 @@ def unb64(text: Any, what: str = "field") -> bytes:
         return base64.b64decode(text, validate=True)
     except ValueError:
         raise HubError("response_invalid", 502, f"the hub's {what} is not base64") from None
+
+
+def inline_body(item: Mapping[str, Any], info: BodyInfo) -> bytes | None:
+    """The body a mailbox item carries inline (``body.data``), or None when it has none.
+
+    Checked like a download against the envelope's size and SHA-256
+    (:class:`protocol.packet.BodyVerifier`: ``body_extended``, ``truncated_body``,
+    ``body_digest_mismatch``); the Opener checks everything else.  Data that is not
+    base64 counts as absent: the body is then downloaded as before.
+    """
+    body = item.get("body")
+    data = body.get("data") if isinstance(body, Mapping) else None
+    if data is None:
+        return None
+    try:
+        raw = unb64(data, "inline body")
+    except HubError:
+        return None
+    verifier = BodyVerifier(info)
+    verifier.feed(raw)
+    verifier.finish()
+    return raw
 
 
 def packet_text(packet_id: bytes) -> str:

@@ -3,7 +3,8 @@
 For each envelope: parse it strictly, check that it is addressed to this office, verify
 the sender's signature against its verified directory entry, unwrap the content key and
 check its commitment, download the body (resumable, checked against the envelope's size
-and SHA-256 on the way), open it chunk by chunk into a private work folder, and only
+and SHA-256 on the way; a small body comes inline in the mailbox item and is checked the
+same way), open it chunk by chunk into a private work folder, and only
 when every check passed publish ``inbox/<packet-id>/`` with its ``metadata.json`` and
 queue receipt 01 (:mod:`nodes.transfer`).  A packet that fails any check is never
 written to the inbox: it is recorded with the error code and, when the envelope names
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from protocol.errors import RemoteError
@@ -41,7 +43,7 @@ from protocol.receipts import (
 )
 
 from . import registers, transfer
-from .client import unb64
+from .client import inline_body, unb64
 from .core import (
     AgentCore,
     RoundReport,
@@ -135,10 +137,13 @@ class Mailbox(AgentCore):
             opener = Opener(env, organ=self.organ, key=key)
             sender_name = sender.name
             with self._progress("download", env.body_info.size) as progress:
-                await until_stopped(
-                    self.client.download_body(env.body_info.sha256, env.body_info, part, progress),
-                    self._stop,
-                )
+                if not await self._inline_body(item, env, part):
+                    await until_stopped(
+                        self.client.download_body(
+                            env.body_info.sha256, env.body_info, part, progress
+                        ),
+                        self._stop,
+                    )
             received_at = unix_now()
             meta = opener.metadata
 
@@ -183,6 +188,15 @@ class Mailbox(AgentCore):
         self._queue_own_receipt(pid, env, "01")
         report.received.append(pid)
         self.report.event("sync.received", packet=pid, sender=sender_name, subject=meta.subject)
+        return True
+
+    async def _inline_body(self, item: Mapping[str, Any], env: Envelope, part: Path) -> bool:
+        """Write the body the item carries inline (small bodies) to ``part``, checked like a
+        download (:func:`nodes.client.inline_body`); False when there is none to use."""
+        data = inline_body(item, env.body_info)
+        if data is None:
+            return False
+        await asyncio.to_thread(part.write_bytes, data)
         return True
 
     def _inbox_record(self, env: Envelope, sender_name: str, at: int) -> dict[str, Any]:

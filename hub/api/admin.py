@@ -52,6 +52,8 @@ async def revoke(request: web.Request) -> web.Response:
     kid = text_field(doc, "kid", optional=True)
     async with hub.sessions.begin() as session:
         entry = await directory.revoke(session, hub.keys, organ, kid, now())
+        await hub.notifier.sessions_changed(session)  # every hub process drops its tokens
+    hub.notifier.sessions_dropped()
     return json_response({"organ": organ, "entry": b64(entry)})
 
 

@@ -3,6 +3,8 @@
 Only the packet's sender and its addressed recipients may download a body (auditors
 never).  A recipient's download that delivers the last byte -- a whole body, or the final
 range of a resumed one -- records ``fetched`` once (see :func:`hub.deliveries.record_fetch`).
+Bodies of at most 64 KiB also come inline in mailbox answers (:mod:`hub.mailbox`), so
+nodes seldom ask here for them.
 """
 
 from __future__ import annotations

@@ -72,6 +72,8 @@ async def enrol(request: web.Request) -> web.Response:
             session, hub.keys, enrolment, hub.settings.key_lifetime, now()
         )
         serial = hub.entries.verify(entry).serial
+        await hub.notifier.sessions_changed(session)  # superseded keys' sessions end
+    hub.notifier.sessions_dropped()
     return json_response(
         {"organ": organ, "serial": serial, "entry": b64(entry), **hub_identity(hub.keys)},
         status=201,

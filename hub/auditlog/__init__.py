@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from protocol.audit import encode_event
 
@@ -36,19 +36,16 @@ async def append_event(session: AsyncSession, kind: str, at: int, /, **fields: A
     )
 
 
+_INSERT_PENDING = insert(LogPending.__table__)  # type: ignore[arg-type]
+
+
 async def append_encoded(
-    session: AsyncSession, events: Sequence[tuple[bytes, bytes | None]]
+    db: AsyncSession | AsyncConnection, events: Sequence[tuple[bytes, bytes | None]]
 ) -> None:
-    """Queue already encoded events, ``(data, packet_id)``, with one bulk statement.
-
-    For hot paths that need the encoded bytes themselves (a pending hub receipt names
-    its event by them) and append many events at once.
-    """
+    """Queue many events, already encoded (:func:`protocol.audit.encode_event`), with
+    their packet ids, in the caller's transaction: one INSERT for all of them, in order."""
     if events:
-        await session.execute(
-            _INSERT_PENDING, [{"data": data, "packet_id": pid} for data, pid in events]
+        await db.execute(
+            _INSERT_PENDING,
+            [{"data": data, "packet_id": packet_id} for data, packet_id in events],
         )
-
-
-_PENDING_TABLE: Table = LogPending.__table__  # type: ignore[assignment]
-_INSERT_PENDING = insert(_PENDING_TABLE)

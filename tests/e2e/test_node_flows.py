@@ -95,10 +95,14 @@ def test_send_sync_inbox_and_verified_receipt(office: OfficeFactory, tmp_path: P
     assert status["accepted_receipt_verified"] is True
 
 
-def test_tampered_body_is_never_released(hub: Hub, office: OfficeFactory, tmp_path: Path) -> None:
+# 20 kB: the body comes inline in the mailbox answer; 200 kB: it is downloaded.
+@pytest.mark.parametrize("size", [20_000, 200_000])
+def test_tampered_body_is_never_released(
+    hub: Hub, office: OfficeFactory, tmp_path: Path, size: int
+) -> None:
     province = office("TU", "Văn phòng Tỉnh ủy", level="province")
     xa = office("DU", "Đảng ủy xã Yên Lạc", parent=province, level="commune")
-    doc = write(tmp_path / "docs", "Chỉ thị.pdf", os.urandom(200_000))
+    doc = write(tmp_path / "docs", "Chỉ thị.pdf", os.urandom(size))
     pid = province.send("--to", xa.code, "--type", "CT", "--subject", "Chỉ thị số 05", str(doc))
 
     blob = hub.blob_path(province.json("show", pid)["body_sha256"])
@@ -107,9 +111,14 @@ def test_tampered_body_is_never_released(hub: Hub, office: OfficeFactory, tmp_pa
     blob.chmod(0o600)
     blob.write_bytes(bytes(data))
 
+    before = len(hub.statuses("/v1/bodies/"))
     report = xa.json("sync")
     assert report["received"] == []
     assert [r["code"] for r in report["refused"]] == ["body_digest_mismatch"]
+    # The small body came inline, checked all the same; only the large one was downloaded.
+    inline = size < 64 * 1024
+    downloads = wait_for(lambda: hub.statuses("/v1/bodies/")[before:], timeout=1 if inline else 10)
+    assert bool(downloads) is not inline
     assert list((xa.home / "inbox").iterdir()) == []
     assert list((xa.home / "tmp").iterdir()) == []
     [item] = xa.inbox()

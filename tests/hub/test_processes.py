@@ -5,6 +5,8 @@
   whichever process holds the lock, has every event exactly once, without gaps.
 * SIGKILL in the middle of a large upload: after a restart no partial packet is visible
   and the upload can be retried.
+* A key revoked through one process (the admin API) or the CLI: a session the other
+  process remembers (its bearer-token cache) ends there at once.
 """
 
 from __future__ import annotations
@@ -18,11 +20,25 @@ from pathlib import Path
 
 import pytest
 
+from hub.sessions import TOKEN_CACHE_TTL
 from protocol.audit import parse_event
 
 from .conftest import empty_tables
-from .helpers import PROVINCE, TAM_HONG, YEN_LAC, Remote, mailbox, seal, send, submit, upload
-from .processes import HubProcess, init, office_via_cli, remote
+from .helpers import (
+    ADMIN,
+    PROVINCE,
+    TAM_HONG,
+    YEN_LAC,
+    Office,
+    Remote,
+    eventually,
+    mailbox,
+    seal,
+    send,
+    submit,
+    upload,
+)
+from .processes import HubProcess, cli, init, office_via_cli, remote
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -172,3 +188,60 @@ async def test_sigkill_during_upload_then_retry(tmp_path: Path) -> None:
     finally:
         await api.client.close()
         await hub.stop()
+
+
+async def _refused_after(api: Remote, office: Office, stop: asyncio.Event) -> float:
+    """Poll the mailbox until the session is refused; the monotonic time it was."""
+    while True:
+        resp = await api.client.get("/v1/mailbox", headers=office.headers)
+        if resp.status == 401:
+            assert (await resp.json())["code"] == "token_invalid"
+            return time.monotonic()
+        assert resp.status == 200
+        if stop.is_set():
+            raise AssertionError("the session was still accepted")
+        await asyncio.sleep(0.02)
+
+
+async def test_revocation_reaches_every_hub_process(pg_database: str, tmp_path: Path) -> None:
+    await empty_tables(pg_database)
+    data = tmp_path / "hub"
+    await init(data, pg_database)
+    first, second = HubProcess(data), HubProcess(data)
+    await asyncio.gather(first.start(), second.start())
+    a, b = remote(first.url, data), remote(second.url, data)
+    try:
+        admin = await office_via_cli(a, data, ADMIN, "Quản trị hệ thống", "--role", "admin")
+        yen_lac = await office_via_cli(a, data, YEN_LAC, "Đảng ủy xã Yên Lạc")
+        tam_hong = await office_via_cli(a, data, TAM_HONG, "Đảng ủy xã Tam Hồng")
+        # The second process looks Yên Lạc's session up and remembers it ...
+        assert await mailbox(b, yen_lac) == []
+        resp = await a.client.post(
+            "/v1/admin/revoke", json={"organ": YEN_LAC}, headers=admin.headers
+        )
+        assert resp.status == 200
+        revoked = time.monotonic()
+        # ... and forgets it when the first revokes the key (NOTIFY), not at the TTL.
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(TOKEN_CACHE_TTL, stop.set)
+        assert await _refused_after(b, yen_lac, stop) - revoked < TOKEN_CACHE_TTL
+        # The CLI revokes too, and tells the running processes (they log hearing it).
+        dropped = "sessions changed: remembered bearer tokens dropped"
+        heard = sum(line.get("event") == dropped for line in second.lines)
+        stop = asyncio.Event()
+        polling = asyncio.create_task(_refused_after(b, tam_hong, stop))
+        await asyncio.sleep(0.1)
+        assert not polling.done()
+        await cli("revoke", "--data", str(data), TAM_HONG)
+        done = time.monotonic()
+        asyncio.get_running_loop().call_later(TOKEN_CACHE_TTL, stop.set)
+        assert await polling - done < TOKEN_CACHE_TTL
+
+        async def told() -> bool:
+            return sum(line.get("event") == dropped for line in second.lines) > heard
+
+        assert await eventually(told)
+    finally:
+        await a.client.close()
+        await b.client.close()
+        await asyncio.gather(first.stop(), second.stop())

@@ -119,3 +119,32 @@ async def test_a_body_that_does_not_match_is_removed(server: TestServer, tmp_pat
             await c.download_body(bytes(32), info, dest)
     assert err.value.code == "body_digest_mismatch"
     assert not dest.exists()
+
+
+def test_an_inline_body_is_checked_like_a_download() -> None:
+    import base64
+
+    from nodes.client import inline_body
+
+    def item(data: object) -> dict[str, object]:
+        return {
+            "kind": "envelope",
+            "body": {"sha256": INFO.sha256.hex(), "size": INFO.size, "data": data},
+        }
+
+    assert inline_body(item(base64.b64encode(BODY).decode()), INFO) == BODY
+    # None: no inline body (a large one, an older hub), or one that is not base64 --
+    # the node then downloads it.
+    assert inline_body({"kind": "envelope", "body": {"sha256": "", "size": 1}}, INFO) is None
+    assert inline_body({"kind": "envelope"}, INFO) is None
+    assert inline_body(item("not base64!"), INFO) is None
+    assert inline_body(item(12), INFO) is None
+    # The wrong bytes are refused exactly as a downloaded body would be.
+    for data, code in (
+        (BODY[:-1] + b"X", "body_digest_mismatch"),
+        (BODY + b"X", "body_extended"),
+        (BODY[:-1], "truncated_body"),
+    ):
+        with pytest.raises(RemoteError) as caught:
+            inline_body(item(base64.b64encode(data).decode()), INFO)
+        assert caught.value.code == code

@@ -1,0 +1,404 @@
+"""The small-packet path: inline bodies, ``fetched`` on acknowledgement, receipt batches,
+the bearer-token cache and the mailbox's encoded-packet cache."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import update
+
+from hub import mailbox as hub_mailbox
+from hub.app import create_app
+from hub.context import HUB
+from hub.deliveries import INLINE_BODY_MAX
+from hub.mailcache import Encoded, ItemCache
+from hub.models import Packet
+from hub.sessions import TokenCache, TokenRow
+from protocol.packet import parse_envelope
+from protocol.receipts import OfficeReceipt, sign_office_receipt, verify_hub_receipt
+
+from .conftest import hub_settings
+from .helpers import (
+    HubEnv,
+    ack,
+    eventually,
+    log_kinds,
+    mailbox,
+    office_receipt,
+    post_receipts,
+    send,
+    unb64,
+    world,
+)
+
+
+async def _status(env: HubEnv, office: Any, packet_id: str) -> dict[str, Any]:
+    resp = await env.client.get(f"/v1/packets/{packet_id}/status", headers=office.headers)
+    assert resp.status == 200
+    doc: dict[str, Any] = await resp.json()
+    return doc
+
+
+async def _fetched_receipts(env: HubEnv, sender: Any) -> list[dict[str, Any]]:
+    return [i for i in await mailbox(env, sender) if i["kind"] == "hub_receipt"]
+
+
+@pytest.mark.asyncio
+async def test_small_body_inline_fetched_once_on_ack(hub_env: HubEnv) -> None:
+    env = hub_env
+    w = await world(env)
+    answer, envelope, body = await send(env, w.province, [w.yen_lac, w.tam_hong])
+    assert len(body) <= INLINE_BODY_MAX
+    parsed = parse_envelope(envelope)
+    items = await mailbox(env, w.yen_lac)
+    [item] = items
+    assert unb64(item["envelope"]) == envelope
+    assert item["body"]["sha256"] == hashlib.sha256(body).hexdigest()
+    assert item["body"]["size"] == len(body)
+    assert item["body"]["url"] == f"/v1/bodies/{item['body']['sha256']}"
+    assert unb64(item["body"]["data"]) == body
+    # Reading is not fetching: nothing recorded before the acknowledgement.
+    doc = await _status(env, w.province, answer["packet_id"])
+    assert all(r["fetched_at"] is None for r in doc["recipients"])
+
+    await ack(env, w.yen_lac, items)
+    doc = await _status(env, w.province, answer["packet_id"])
+    by_organ = {r["organ"]: r for r in doc["recipients"]}
+    assert by_organ[w.yen_lac.code]["fetched_at"] is not None
+    assert by_organ[w.tam_hong.code]["fetched_at"] is None
+    # Tam Hồng downloads first, then acknowledges: still one fetched each.
+    [other] = await mailbox(env, w.tam_hong)
+    resp = await env.client.get(other["body"]["url"], headers=w.tam_hong.headers)
+    assert await resp.read() == body
+    await ack(env, w.tam_hong, [other])
+    # Yên Lạc downloads again and acknowledges nothing new: no second fetched.
+    resp = await env.client.get(item["body"]["url"], headers=w.yen_lac.headers)
+    assert await resp.read() == body
+    resp = await env.client.post(
+        "/v1/mailbox/ack", json={"ids": [item["id"]]}, headers=w.yen_lac.headers
+    )
+    assert (await resp.json())["acknowledged"] == 0
+
+    async def both() -> list[dict[str, Any]] | None:
+        found = await _fetched_receipts(env, w.province)
+        return found if len(found) == 2 else None
+
+    relayed = await eventually(both)
+    assert relayed is not None
+    await asyncio.sleep(0.3)
+    assert len(await _fetched_receipts(env, w.province)) == 2
+    assert sorted(i["organ"] for i in relayed) == sorted([w.yen_lac.code, w.tam_hong.code])
+    hub_pub = env.keys.hub.public_key()
+    for i in relayed:
+        verify_hub_receipt(unb64(i["receipt"]), hub_pub, envelope=parsed, kind="fetched")
+    doc = await _status(env, w.province, answer["packet_id"])
+    for r in doc["recipients"]:
+        assert [h["status"] for h in r["history"]] == ["fetched"]
+    kinds = await log_kinds(env)
+    assert kinds.count("body_fetched") == 2
+
+
+@pytest.mark.asyncio
+async def test_large_body_not_inline_ack_records_nothing(hub_env: HubEnv) -> None:
+    env = hub_env
+    w = await world(env)
+    answer, _, body = await send(env, w.province, [w.yen_lac], data=os.urandom(80 * 1024))
+    assert len(body) > INLINE_BODY_MAX
+    items = await mailbox(env, w.yen_lac)
+    assert "data" not in items[0]["body"]
+    await ack(env, w.yen_lac, items)
+    await asyncio.sleep(0.2)
+    doc = await _status(env, w.province, answer["packet_id"])
+    assert doc["recipients"][0]["fetched_at"] is None
+    resp = await env.client.get(items[0]["body"]["url"], headers=w.yen_lac.headers)
+    assert await resp.read() == body
+    doc = await _status(env, w.province, answer["packet_id"])
+    assert doc["recipients"][0]["fetched_at"] is not None
+
+
+@pytest.mark.asyncio
+async def test_deleted_body_not_inline(hub_env: HubEnv) -> None:
+    env = hub_env
+    w = await world(env)
+    answer, envelope, _ = await send(env, w.province, [w.yen_lac])
+    async with env.hub.sessions.begin() as session:
+        await session.execute(
+            update(Packet)
+            .where(Packet.id == parse_envelope(envelope).packet_id)
+            .values(body_deleted_at=int(time.time()))
+        )
+    items = await mailbox(env, w.yen_lac)
+    assert "data" not in items[0]["body"]
+    await ack(env, w.yen_lac, items)
+    doc = await _status(env, w.province, answer["packet_id"])
+    assert doc["recipients"][0]["fetched_at"] is None
+
+
+@pytest.mark.asyncio
+async def test_inline_bodies_count_against_the_budget(
+    hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = hub_env
+    w = await world(env)
+    sent = [await send(env, w.province, [w.yen_lac]) for _ in range(3)]
+    envelope_size, body_size = len(sent[0][1]), len(sent[0][2])
+    # Room for one envelope and a half, bodies included: one item per answer, each whole.
+    monkeypatch.setattr(hub_mailbox, "BYTES_BUDGET", int(1.5 * (envelope_size + body_size)))
+    seen = []
+    for _ in range(3):
+        items = await mailbox(env, w.yen_lac)
+        assert len(items) == 1
+        assert "data" in items[0]["body"]
+        seen.append(items[0]["packet_id"])
+        await ack(env, w.yen_lac, items)
+    assert sorted(seen) == sorted(doc["packet_id"] for doc, _, _ in sent)
+    assert await mailbox(env, w.yen_lac) == []
+
+
+@pytest.mark.asyncio
+async def test_receipt_batch_checked_one_by_one(hub_env: HubEnv) -> None:
+    env = hub_env
+    w = await world(env)
+    _, first, _ = await send(env, w.province, [w.yen_lac, w.tam_hong])
+    _, second, _ = await send(env, w.province, [w.yen_lac])
+    _, unrelated, _ = await send(env, w.tam_hong, [w.province])
+    t = int(time.time())
+    r01 = office_receipt(w.yen_lac, first, "01", at=t)
+    r03 = office_receipt(w.yen_lac, first, "03", at=t + 2, details={"incoming_number": "7"})
+    late04 = office_receipt(w.yen_lac, first, "04", at=t + 1)
+    env2 = parse_envelope(second)
+    wrong_digest = sign_office_receipt(
+        OfficeReceipt(
+            packet_id=env2.packet_id,
+            envelope_digest=parse_envelope(first).digest,
+            organ=w.yen_lac.code,
+            signer=w.yen_lac.code,
+            signer_kid=w.yen_lac.signing.kid,
+            status="01",
+            at=t,
+        ),
+        w.yen_lac.signing,
+    )
+    batch = [
+        r01,
+        r03,
+        r01,  # the same bytes again, in the same batch
+        office_receipt(w.yen_lac, first, "02", at=t + 3, reason="Sai"),  # cannot follow 03
+        office_receipt(w.tam_hong, first, "01", at=t),  # signed by another office
+        office_receipt(w.yen_lac, unrelated, "01", at=t),  # not our packet
+        wrong_digest,
+        office_receipt(w.yen_lac, second, "01", at=t),
+        b"not a receipt",
+        late04,
+    ]
+    status, doc = await post_receipts(env, w.yen_lac, batch)
+    assert status == 200, doc
+    results = doc["results"]
+    assert [(r["status"], r.get("code")) for r in results] == [
+        (200, None),
+        (200, None),
+        (200, None),
+        (409, "transition_invalid"),
+        (422, "receipt_signer_mismatch"),
+        (404, "packet_unknown"),
+        (422, "receipt_envelope_mismatch"),
+        (200, None),
+        (400, "cbor_malformed"),
+        (409, "transition_invalid"),  # 04 before the 03 already there: 01, 04, 03 does not fit
+    ]
+    assert [r.get("state") for r in results[:3]] == ["01", "03", "03"]
+    assert results[2]["duplicate"] is True
+    assert results[7]["state"] == "01"
+    # Relayed to the sender, in order, once each.
+    relayed = [i for i in await mailbox(env, w.province) if i["kind"] == "receipt"]
+    assert [(i["packet_id"], i["status"]) for i in relayed] == [
+        (str(parse_envelope(first).packet_uuid), "01"),
+        (str(parse_envelope(first).packet_uuid), "03"),
+        (str(env2.packet_uuid), "01"),
+    ]
+    # The same batch again: the stored ones are duplicates with the current states.
+    status, doc = await post_receipts(env, w.yen_lac, [r01, r03, batch[7]])
+    assert [(r["state"], r["duplicate"]) for r in doc["results"]] == [
+        ("03", True),
+        ("03", True),
+        ("01", True),
+    ]
+    # A recipient not addressed by the packet.
+    status, doc = await post_receipts(
+        env,
+        w.province,
+        [office_receipt(w.province, first, "13", about=w.chi_bo.code, at=t, reason="Nhầm")],
+    )
+    assert doc["results"][0]["code"] == "recipient_not_addressed"
+    kinds = await log_kinds(env)
+    assert kinds.count("receipt") == 3
+
+
+@pytest.mark.asyncio
+async def test_revocation_ends_a_cached_session(hub_env: HubEnv) -> None:
+    env = hub_env
+    w = await world(env)
+    assert (await env.client.get("/v1/mailbox", headers=w.yen_lac.headers)).status == 200
+    assert len(env.hub.tokens) > 0  # remembered
+    resp = await env.client.post(
+        "/v1/admin/revoke", json={"organ": w.yen_lac.code}, headers=w.admin.headers
+    )
+    assert resp.status == 200
+    resp = await env.client.get("/v1/mailbox", headers=w.yen_lac.headers)
+    assert (resp.status, (await resp.json())["code"]) == (401, "token_invalid")
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+@pytest.mark.asyncio
+async def test_revocation_reaches_the_other_hub_process(hub_env: HubEnv, tmp_path: Path) -> None:
+    """Two hubs on one database (as two processes would be): a session the second one
+    remembers ends there as soon as the first revokes the key."""
+    env = hub_env
+    w = await world(env)
+    other_app = create_app(hub_settings(env.settings.data_dir, env.settings.database_url))
+    server = TestServer(other_app)
+    await server.start_server()
+    other = TestClient(server)
+    await other.start_server()
+    try:
+        for office in (w.yen_lac, w.tam_hong):
+            assert (await other.get("/v1/mailbox", headers=office.headers)).status == 200
+        assert len(other_app[HUB].tokens) >= 2
+        resp = await env.client.post(
+            "/v1/admin/revoke", json={"organ": w.yen_lac.code}, headers=w.admin.headers
+        )
+        assert resp.status == 200
+
+        async def refused() -> bool:
+            resp = await other.get("/v1/mailbox", headers=w.yen_lac.headers)
+            return resp.status == 401
+
+        # Well within the cache's lifetime: the NOTIFY did it, not the TTL.
+        started = time.monotonic()
+        assert await eventually(refused, within=1.0)
+        assert time.monotonic() - started < other_app[HUB].tokens.ttl
+        # Other sessions are only looked up again.
+        assert (await other.get("/v1/mailbox", headers=w.tam_hong.headers)).status == 200
+    finally:
+        await other.close()
+        await server.close()
+
+
+@pytest.mark.asyncio
+async def test_fan_out_reads_the_envelope_once(hub_env: HubEnv) -> None:
+    env = hub_env
+    w = await world(env)
+    offices = [w.yen_lac, w.tam_hong, w.chi_bo]
+    waiting = [asyncio.create_task(mailbox(env, o, wait=10)) for o in offices]
+    await asyncio.sleep(0.3)
+    loads = env.hub.items.loads
+    _, envelope, body = await send(env, w.province, offices)
+    answers = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    for items in answers:
+        assert [unb64(i["envelope"]) for i in items] == [envelope]
+        assert unb64(items[0]["body"]["data"]) == body
+    for office in offices:  # and again, from the cache
+        assert unb64((await mailbox(env, office))[0]["envelope"]) == envelope
+    assert env.hub.items.loads - loads == 1
+
+
+# --- the caches on their own ------------------------------------------------------------
+
+
+def _encoded(n: int) -> Encoded:
+    return Encoded(envelope="e" * n, envelope_size=n, body=None)
+
+
+@pytest.mark.asyncio
+async def test_item_cache_loads_once_for_concurrent_readers() -> None:
+    cache = ItemCache()
+    calls: list[list[bytes]] = []
+    gate = asyncio.Event()
+
+    async def load(ids: list[bytes]) -> dict[bytes, Encoded]:
+        calls.append(ids)
+        await gate.wait()
+        return {i: _encoded(10) for i in ids if i != b"gone"}
+
+    readers = [asyncio.create_task(cache.get_many([b"a", b"b"], load)) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    for found in await asyncio.gather(*readers):
+        assert set(found) == {b"a", b"b"}
+    assert calls == [[b"a", b"b"]]
+    # A packet the load did not find is not cached, and each reader asks for it.
+    found = await cache.get_many([b"a", b"gone"], load)
+    assert set(found) == {b"a"}
+    assert calls[-1] == [b"gone"]
+
+
+@pytest.mark.asyncio
+async def test_item_cache_failed_load_lets_waiters_load() -> None:
+    cache = ItemCache()
+    gate = asyncio.Event()
+
+    async def failing(ids: list[bytes]) -> dict[bytes, Encoded]:
+        await gate.wait()
+        raise OSError("database gone")
+
+    async def working(ids: list[bytes]) -> dict[bytes, Encoded]:
+        return {i: _encoded(1) for i in ids}
+
+    first = asyncio.create_task(cache.get_many([b"a"], failing))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(cache.get_many([b"a"], working))
+    await asyncio.sleep(0.01)
+    gate.set()
+    with pytest.raises(OSError, match="database gone"):
+        await first
+    assert set(await second) == {b"a"}
+
+
+@pytest.mark.asyncio
+async def test_item_cache_bounds() -> None:
+    cache = ItemCache(ttl=0.05, max_bytes=100)
+
+    async def load(ids: list[bytes]) -> dict[bytes, Encoded]:
+        return {i: _encoded(40) for i in ids}
+
+    await cache.get_many([b"a", b"b", b"c"], load)
+    assert cache.loads == 3
+    await cache.get_many([b"a"], load)  # dropped: 120 characters do not fit in 100
+    assert cache.loads == 4
+    await cache.get_many([b"c"], load)
+    assert cache.loads == 4
+    await asyncio.sleep(0.06)
+    await cache.get_many([b"c"], load)  # expired
+    assert cache.loads == 5
+
+
+def test_token_cache() -> None:
+    row = TokenRow("000.00.12.H41", b"k" * 32, "office", 2_000_000_000, None, 2_000_000_000)
+    cache = TokenCache(ttl=0.05, size=2)
+    generation = cache.generation
+    cache.put(b"t1", row, generation)
+    assert cache.get(b"t1") == row
+    # A lookup that began before a clear is not kept.
+    generation = cache.generation
+    cache.clear()
+    cache.put(b"t1", row, generation)
+    assert cache.get(b"t1") is None
+    for name in (b"t1", b"t2", b"t3"):
+        cache.put(name, row, cache.generation)
+    assert len(cache) == 2
+    assert cache.get(b"t1") is None
+    time.sleep(0.06)
+    assert cache.get(b"t3") is None
+    # Times are checked on every use, cached or not.
+    assert row.caller(1_000).organ == "000.00.12.H41"
+    with pytest.raises(Exception, match="expired"):
+        TokenRow("x", b"k", "office", 10, None, 100).caller(10)
+    with pytest.raises(Exception, match="revoked"):
+        TokenRow("x", b"k", "office", 100, 5, 100).caller(10)
