@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from protocol.checkpoint import parse_note
-from protocol.errors import LienthongError, LocalError, RemoteError
+from protocol.errors import RemoteError
 from protocol.keys import EncryptionPrivateKey, SigningPrivateKey, SigningPublicKey, fingerprint
 from protocol.policy import VN_TZ
 from protocol.report import OrganRow
@@ -43,8 +43,8 @@ from .audithome import AUDIT_HOME_ENV, AuditConfig, AuditHome
 from .auditor import AUDIT_CODES, AuditAlarm, Auditor, cosigners, verify_file
 from .auditstore import AuditStore
 from .client import HubClient
-from .cliopts import home_option, json_option, passphrase_option
-from .errors import HubError, HubUnavailable, NodeError, error_code, error_detail
+from .cliopts import FAILURES, failure, home_option, json_option, passphrase_option
+from .errors import HubError, NodeError
 from .home import read_passphrase
 from .keystore import Keystore
 
@@ -112,18 +112,8 @@ def _errors(out: Out) -> Iterator[None]:
         yield
     except AuditAlarm as exc:
         _alarm(out, exc)
-    except HubUnavailable as exc:
-        _fail(out, exc.code, exc.detail)
-    except (NodeError, HubError, RemoteError) as exc:
-        _fail(out, exc.code, exc.detail)
-    except LocalError as exc:
-        _fail(out, "local", str(exc))
-    except LienthongError as exc:
-        _fail(out, error_code(exc), error_detail(exc))
-    except OSError as exc:
-        _fail(out, "os", f"{exc.filename or ''} {exc.strerror or exc}".strip())
-    except KeyboardInterrupt:
-        _fail(out, "interrupted", "stopped by the user")
+    except FAILURES as exc:
+        _fail(out, *failure(exc))
 
 
 def _exit_on_alarms(out: Out, doc: dict[str, Any]) -> None:

@@ -39,7 +39,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from protocol.errors import LienthongError, LocalError, RemoteError
+from protocol.errors import LienthongError
 from protocol.keys import EncryptionPrivateKey, SigningPrivateKey, fingerprint
 from protocol.packet import parse_envelope
 from protocol.policy import VN_TZ, Secrecy, Urgency
@@ -49,9 +49,9 @@ from . import i18n, registers, witness
 from .agent import Agent, RoundReport
 from .client import HubClient
 from .client import Progress as ProgressFn
-from .cliopts import home_option, json_option, passphrase_option
+from .cliopts import FAILURES, failure, home_option, json_option, passphrase_option
 from .email_transport import init_extra, init_options, make_agent
-from .errors import HubError, HubUnavailable, NodeError, error_code, error_detail
+from .errors import HubError, HubUnavailable, NodeError
 from .home import HOME_ENV, Home, NodeConfig, read_passphrase
 from .keystore import Keystore
 from .requests import SendRequest, secrecy, split_codes
@@ -138,18 +138,8 @@ def _fail(ui: Ui, code: str, detail: str) -> NoReturn:
 def _errors(ui: Ui) -> Iterator[None]:
     try:
         yield
-    except HubUnavailable as exc:
-        _fail(ui, exc.code, exc.detail)
-    except (NodeError, HubError, RemoteError) as exc:
-        _fail(ui, exc.code, exc.detail)
-    except LocalError as exc:
-        _fail(ui, "local", str(exc))
-    except LienthongError as exc:
-        _fail(ui, error_code(exc), error_detail(exc))
-    except OSError as exc:
-        _fail(ui, "os", f"{exc.filename or ''} {exc.strerror or exc}".strip())
-    except KeyboardInterrupt:
-        _fail(ui, "interrupted", "stopped by the user")
+    except FAILURES as exc:
+        _fail(ui, *failure(exc))
 
 
 # --- common options ------------------------------------------------------------------------

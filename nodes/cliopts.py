@@ -8,6 +8,10 @@ from typing import Any
 
 import click
 
+from protocol.errors import LienthongError, LocalError, RemoteError
+
+from .errors import HubError, HubUnavailable, NodeError, error_code, error_detail
+
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
@@ -30,3 +34,32 @@ passphrase_option: Decorator = click.option(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Read the keystore passphrase from this file (else LIENTHONG_PASSPHRASE or a prompt).",
 )
+
+
+#: What a command's failure may be, besides its own alarms: each becomes a code and a
+#: detail for ``{"error": {...}}`` and the message, and exit status 1.
+FAILURES: tuple[type[BaseException], ...] = (
+    HubUnavailable,
+    NodeError,
+    HubError,
+    RemoteError,
+    LocalError,
+    LienthongError,
+    OSError,
+    KeyboardInterrupt,
+)
+
+
+def failure(exc: BaseException) -> tuple[str, str]:
+    """``(code, detail)`` of one of :data:`FAILURES`."""
+    if isinstance(exc, HubUnavailable | NodeError | HubError | RemoteError):
+        return exc.code, exc.detail
+    if isinstance(exc, LocalError):
+        return "local", str(exc)
+    if isinstance(exc, LienthongError):
+        return error_code(exc), error_detail(exc)
+    if isinstance(exc, OSError):
+        return "os", f"{exc.filename or ''} {exc.strerror or exc}".strip()
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "stopped by the user"
+    raise TypeError(f"{type(exc).__name__} is not a command failure")
