@@ -39,6 +39,7 @@ from protocol.policy import check_packet
 
 from . import directory
 from .auditlog import append_event
+from .blobs import write_stream
 from .clock import now
 from .context import Hub
 from .logs import get_logger
@@ -47,8 +48,6 @@ from .sessions import Caller
 
 AWAITING: Final = "awaiting_body"
 ACCEPTED: Final = "accepted"
-#: Bytes handed to the blob writer at a time.
-WRITE_CHUNK: Final = 1024 * 1024
 log = get_logger("hub.packets")
 
 
@@ -278,19 +277,11 @@ async def upload_body(
     if packet.state != AWAITING:
         raise RemoteError("body_not_expected", "the body of this packet is already stored")
     env = parse_envelope(packet.envelope, max_size=max(ENVELOPE_MAX, len(packet.envelope)))
-    verifier = BodyVerifier(env.body_info)
-    writer = await hub.blocking(hub.blobs.writer)
+    # The writer hashes through the verifier, in the executor while the next bytes arrive:
+    # one SHA-256 pass; commit raises the verifier's code (digest, longer, shorter).
+    writer = await hub.blocking(hub.blobs.writer, BodyVerifier(env.body_info))
     try:
-        pending = bytearray()
-        async for chunk in chunks:
-            verifier.feed(chunk)
-            pending += chunk
-            if len(pending) >= WRITE_CHUNK:
-                await hub.blocking(writer.write, bytes(pending))
-                pending.clear()
-        if pending:
-            await hub.blocking(writer.write, bytes(pending))
-        verifier.finish()
+        await write_stream(writer, chunks)
         await hub.blocking(writer.commit, env.body_info.sha256)
     except BaseException:
         writer.abort()  # quick (close and unlink), so also safe when cancelled

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import ssl
@@ -79,6 +80,14 @@ def enrol_message(token: str, organ: str) -> bytes:
 def session_message(challenge: bytes, organ: str) -> bytes:
     """What the office signs to open a session (``CTX_SESSION``): challenge, organ."""
     return challenge + organ.encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class BodyStream:
+    """A body download under way: where it begins, and its bytes."""
+
+    start: int
+    content: aiohttp.StreamReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +473,35 @@ class HubClient:
         except RemoteError:
             await asyncio.to_thread(dest.unlink, True)
             raise
+
+    @contextlib.asynccontextmanager
+    async def body_stream(self, digest: bytes, start: int = 0) -> AsyncIterator[BodyStream]:
+        """GET a body from byte ``start`` (``Range``); the caller reads and checks it.
+
+        The stream's ``start`` says where it really begins: 0 when the hub ignored the
+        range.  Errors map as everywhere else, also while the caller reads: no answer or
+        a broken stream is :class:`HubUnavailable`, a problem answer :class:`HubError`.
+        """
+        for attempt in (1, 2):
+            headers = {"Authorization": f"Bearer {await self._bearer()}"}
+            if start:
+                headers["Range"] = f"bytes={start}-"
+            try:
+                async with self.session.get(
+                    self._url(f"/v1/bodies/{digest.hex()}"), headers=headers
+                ) as resp:
+                    if resp.status == 401 and attempt == 1 and self.signing_key is not None:
+                        self._token = None
+                        await resp.read()
+                        continue
+                    await self._raise_for(resp)
+                    yield BodyStream(start if resp.status == 206 else 0, resp.content)
+                    return
+            except aiohttp.ClientSSLError as exc:
+                raise NodeError("hub_certificate_invalid", str(exc)) from None
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                raise HubUnavailable(_describe(exc)) from None
+        raise HubError("token_invalid", 401, "the hub refused a fresh session token")
 
     # --- receipts -----------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""Sealing files into a spool body, and opening a downloaded body into the inbox.
+"""Sealing files into a spool body, and opening a body into the inbox as it downloads.
 
-Both run in a worker thread (``asyncio.to_thread``): they are blocking file I/O and CPU
+All of it runs in worker threads (``asyncio.to_thread``): they are blocking file I/O and CPU
 work (AES-GCM, SHA-256) over bodies of any size, in bounded memory -- one read buffer
 and one STREAM chunk at a time, whatever the document's size.
 
@@ -11,6 +11,9 @@ chunk, so every file is first written under a numbered name in a private work fo
 only when :meth:`Opener.finish` returns are the files given their names, the
 ``metadata.json`` written, and the folder renamed to ``inbox/<packet-id>`` in one atomic
 step.  Any failure removes the work folder: nothing of a bad packet is ever visible.
+:class:`BodyReceiver` does this while the body downloads (the bytes also go to the
+resumable ``.part`` file, never read back unless a download resumes);
+:func:`open_to_inbox` does it from a body file.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from protocol.codec import nfc
-from protocol.packet import Opener, Sealer, check_file_name
+from protocol.errors import RemoteError
+from protocol.packet import BodyVerifier, Opener, Sealer, check_file_name
 
 from .errors import NodeError
 
@@ -158,6 +162,68 @@ def seal_to_file(
     return envelope, size
 
 
+class _Plaintext:
+    """The opener's pieces, written to numbered files of the private work folder."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self._current: tuple[int, IO[bytes]] | None = None
+
+    def write(self, pieces: list[tuple[int, bytes]]) -> None:
+        for index, data in pieces:
+            if self._current is None or self._current[0] != index:
+                self.close()
+                self._current = (index, (self.work / f"{index:05d}").open("ab"))
+            self._current[1].write(data)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current[1].close()
+            self._current = None
+
+
+def _publish(
+    opener: Opener,
+    work: Path,
+    final: Path,
+    metadata: Callable[[list[dict[str, Any]]], Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """Every check passed: name the files, write the metadata, publish atomically."""
+    files = opener.metadata.files
+    names = unique_names([f.name for f in files])
+    listing = []
+    for index, (info, name) in enumerate(zip(files, names, strict=True)):
+        numbered = work / f"{index:05d}"
+        if not numbered.exists():
+            numbered.touch()  # an empty file yields no plaintext pieces
+        numbered.rename(work / name)
+        listing.append(
+            {
+                "name": name,
+                "original_name": info.name,
+                "media_type": info.media_type,
+                "size": info.size,
+                "sha256": info.sha256.hex(),
+            }
+        )
+    doc = metadata(listing)
+    with (work / METADATA_FILE).open("w", encoding="utf-8") as out:
+        json.dump(doc, out, ensure_ascii=False, indent=2)
+        out.write("\n")
+        out.flush()
+        os.fsync(out.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(work, final)
+    with contextlib.suppress(OSError):
+        fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return listing
+
+
 def open_to_inbox(
     opener: Opener,
     body: Path,
@@ -172,68 +238,148 @@ def open_to_inbox(
     SHA-256) once everything verified, and returns the ``metadata.json`` document.
     Raises the opener's :class:`RemoteError` on any failed check, leaving nothing behind.
     """
-    files = opener.metadata.files
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(mode=0o700, parents=True)
-    current: tuple[int, IO[bytes]] | None = None
+    out = _Plaintext(work)
     try:
-
-        def write(pieces: list[tuple[int, bytes]]) -> None:
-            nonlocal current
-            for index, data in pieces:
-                if current is None or current[0] != index:
-                    if current is not None:
-                        current[1].close()
-                    current = (index, (work / f"{index:05d}").open("ab"))
-                current[1].write(data)
-
         total = body.stat().st_size
         done = 0
         with body.open("rb") as fh:
             while piece := fh.read(READ):
-                write(opener.feed(piece))
+                out.write(opener.feed(piece))
                 done += len(piece)
                 if progress is not None:
                     progress(done, total)
-        write(opener.finish())
-        if current is not None:
-            current[1].close()
-            current = None
-        # Every check passed: name the files, write the metadata, publish atomically.
-        names = unique_names([f.name for f in files])
-        listing = []
-        for index, (info, name) in enumerate(zip(files, names, strict=True)):
-            numbered = work / f"{index:05d}"
-            if not numbered.exists():
-                numbered.touch()  # an empty file yields no plaintext pieces
-            numbered.rename(work / name)
-            listing.append(
-                {
-                    "name": name,
-                    "original_name": info.name,
-                    "media_type": info.media_type,
-                    "size": info.size,
-                    "sha256": info.sha256.hex(),
-                }
-            )
-        doc = metadata(listing)
-        with (work / METADATA_FILE).open("w", encoding="utf-8") as out:
-            json.dump(doc, out, ensure_ascii=False, indent=2)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
-        with contextlib.suppress(OSError):
-            fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return listing
+        out.write(opener.finish())
+        out.close()
+        return _publish(opener, work, final, metadata)
     except BaseException:
-        if current is not None:
-            current[1].close()
+        out.close()
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+class BodyReceiver:
+    """Open a body while it downloads, keeping the downloaded bytes for a resumption.
+
+    Each piece is appended to ``part`` (the resumable download) and fed to the
+    :class:`Opener`, whose plaintext goes to the private work folder; :meth:`finish`
+    publishes ``final`` only once the opener's every check passed (DESIGN.md §7).  So the
+    body crosses the disk once on the way in and is never read back.
+
+    A resumed download first feeds the bytes already in ``part`` (:meth:`start`).  The
+    order of the refusals is that of checking the body before opening it: a body that
+    is not the one the envelope names fails with ``body_extended``, ``truncated_body`` or
+    ``body_digest_mismatch``, whatever a chunk tag said before.  When the opener refuses
+    a piece, the rest of the body is still received (into ``part`` only, up to its
+    declared size) and the whole is hashed to tell the two apart.
+
+    Blocking file and CPU work: call the methods from a worker thread, one at a time.
+    """
+
+    def __init__(self, opener: Opener, part: Path, work: Path) -> None:
+        self.opener = opener
+        self.info = opener.envelope.body_info
+        self.part = part
+        self.work = work
+        self.received = 0
+        self._refused: RemoteError | None = None
+        self._fh: IO[bytes] | None = None
+        self._out = _Plaintext(work)
+
+    def start(self) -> int:
+        """Fresh work folder; feed what ``part`` holds already.  Returns its size."""
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(mode=0o700, parents=True)
+        try:
+            have = self.part.stat().st_size
+        except FileNotFoundError:
+            have = 0
+        if have > self.info.size:
+            have = 0  # not a prefix of this body: start over
+        self._fh = self.part.open("r+b" if have else "wb")
+        while self.received < have:
+            self._open(self._fh.read(min(READ, have - self.received)))
+        return have
+
+    def feed(self, pieces: Sequence[bytes]) -> None:
+        """Append ``pieces`` to ``part`` and open them."""
+        if self._fh is None:
+            raise NodeError("local", "the body receiver is not started")
+        for piece in pieces:
+            if self.received + len(piece) > self.info.size:
+                raise RemoteError(
+                    "body_extended", f"body exceeds its declared {self.info.size} bytes"
+                )
+            self._fh.write(piece)
+            self._open(piece)
+
+    def keep(self, pieces: Sequence[bytes]) -> None:
+        """Append ``pieces`` to ``part`` only: the download broke, they wait for a resumption."""
+        if self._fh is None:
+            return
+        for piece in pieces:
+            if self.received + len(piece) > self.info.size:
+                return
+            self._fh.write(piece)
+            self.received += len(piece)
+
+    def _open(self, piece: bytes) -> None:
+        self.received += len(piece)
+        if self._refused is not None:
+            return
+        try:
+            self._out.write(self.opener.feed(piece))
+        except RemoteError as exc:
+            if exc.code == "body_extended":
+                raise
+            self._refused = exc  # judged once the whole body is here
+
+    def finish(
+        self, final: Path, metadata: Callable[[list[dict[str, Any]]], Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Every check; then publish ``final`` and drop ``part``."""
+        if self.received < self.info.size:
+            raise RemoteError("truncated_body", f"{self.received} of {self.info.size} bytes")
+        try:
+            if self._refused is not None:
+                raise self._refused
+            self._out.write(self.opener.finish())
+        except RemoteError as exc:
+            self._judge(exc)
+        self.close()
+        listing = _publish(self.opener, self.work, final, metadata)
+        self.part.unlink(missing_ok=True)
+        return listing
+
+    def _judge(self, exc: RemoteError) -> None:
+        """Raise ``body_digest_mismatch`` if the body is not the envelope's, else ``exc``."""
+        if self._fh is not None:
+            self._fh.flush()
+        check = BodyVerifier(self.info)
+        with self.part.open("rb") as fh:
+            while block := fh.read(READ):
+                check.feed(block)
+        check.finish()
+        raise exc
+
+    def close(self) -> None:
+        """Close the files; ``part`` stays (flushed) for a later resumption."""
+        self._out.close()
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            fh.close()
+
+    def suspend(self) -> None:
+        """The connection broke: keep ``part`` durably, drop the unverified plaintext."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        self.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def discard(self) -> None:
+        """A refused body: nothing of it remains."""
+        self.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.part.unlink(missing_ok=True)
