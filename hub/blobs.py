@@ -46,7 +46,7 @@ TMP_PREFIX: Final = "upload-"
 DIGEST_SIZE: Final = 32
 _HASH_CHUNK: Final = 1024 * 1024
 #: Bytes of a request gathered before they are handed to the executor in one call.
-WRITE_BATCH: Final = 1024 * 1024
+WRITE_BATCH: Final = 512 * 1024
 
 
 class Check(Protocol):
