@@ -46,6 +46,9 @@ from protocol.packet import BodyInfo, BodyVerifier
 from .errors import HubError, HubUnavailable, NodeError
 
 CHUNK: Final = 256 * 1024
+#: Receive buffer of a body stream (:meth:`HubClient.body_stream`): the connection is
+#: paused only when twice this much waits, not every 512 KiB the consumer lags behind.
+BODY_READ_BUFFER: Final = 2 * 1024 * 1024
 CBOR: Final = "application/cbor"
 USER_AGENT: Final = "lienthong-node/0.1"
 #: Directory batch size per request (the hub takes up to 2000).
@@ -488,7 +491,9 @@ class HubClient:
                 headers["Range"] = f"bytes={start}-"
             try:
                 async with self.session.get(
-                    self._url(f"/v1/bodies/{digest.hex()}"), headers=headers
+                    self._url(f"/v1/bodies/{digest.hex()}"),
+                    headers=headers,
+                    read_bufsize=BODY_READ_BUFFER,
                 ) as resp:
                     if resp.status == 401 and attempt == 1 and self.signing_key is not None:
                         self._token = None

@@ -438,7 +438,7 @@ async def download_into(
         size = 0
         feeding: asyncio.Future[None] | None = None
         try:
-            async for chunk in stream.content.iter_any():
+            async for chunk, _ in stream.content.iter_chunks():  # as received: no joining
                 if skip:
                     drop = min(skip, len(chunk))
                     chunk, skip = chunk[drop:], skip - drop
