@@ -7,10 +7,37 @@ file name to log, since those travel encrypted.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import structlog
+
+def _structlog_without_rich() -> ModuleType:
+    """Import structlog without letting it load rich (and pygments): ~3 MiB per process.
+
+    structlog imports rich, when it is installed, for its console renderer and pretty
+    tracebacks; the hub renders JSON and uses neither.  rich stays importable afterwards
+    (the hub's CLI tables import it when they need it).
+    """
+    if "structlog" in sys.modules:
+        return sys.modules["structlog"]
+    rich = sys.modules.get("rich")
+    sys.modules["rich"] = None  # type: ignore[assignment]  # "import rich" -> ImportError
+    try:
+        return importlib.import_module("structlog")
+    finally:
+        if rich is None:
+            del sys.modules["rich"]
+        else:
+            sys.modules["rich"] = rich
+
+
+if TYPE_CHECKING:
+    import structlog
+else:
+    structlog = _structlog_without_rich()
 
 
 def configure_logging(level: str = "info") -> None:

@@ -40,6 +40,7 @@ from protocol.policy import check_packet
 
 from . import directory
 from .auditlog import append_encoded, append_event
+from .blobs import write_stream
 from .clock import now
 from .context import Hub
 from .logs import get_logger
@@ -48,8 +49,6 @@ from .sessions import Caller
 
 AWAITING: Final = "awaiting_body"
 ACCEPTED: Final = "accepted"
-#: Bytes handed to the blob writer at a time.
-WRITE_CHUNK: Final = 1024 * 1024
 #: From this many recipients on, they are woken once the submitter's receipt is signed
 #: (or after :data:`WAKE_DEFER_MAX` seconds): their long-polls answering all at once would
 #: otherwise hold up the submitter's own answer on the event loop until the last of them.
@@ -365,19 +364,11 @@ async def upload_body(
     if packet.state != AWAITING:
         raise RemoteError("body_not_expected", "the body of this packet is already stored")
     env = parse_envelope(packet.envelope, max_size=max(ENVELOPE_MAX, len(packet.envelope)))
-    verifier = BodyVerifier(env.body_info)
-    writer = await hub.blocking(hub.blobs.writer)
+    # The writer hashes through the verifier, in the executor while the next bytes arrive:
+    # one SHA-256 pass; commit raises the verifier's code (digest, longer, shorter).
+    writer = await hub.blocking(hub.blobs.writer, BodyVerifier(env.body_info))
     try:
-        pending = bytearray()
-        async for chunk in chunks:
-            verifier.feed(chunk)
-            pending += chunk
-            if len(pending) >= WRITE_CHUNK:
-                await hub.blocking(writer.write, bytes(pending))
-                pending.clear()
-        if pending:
-            await hub.blocking(writer.write, bytes(pending))
-        verifier.finish()
+        await write_stream(writer, chunks)
         await hub.blocking(writer.commit, env.body_info.sha256)
     except BaseException:
         writer.abort()  # quick (close and unlink), so also safe when cancelled

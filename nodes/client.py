@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import ssl
@@ -47,6 +48,9 @@ from protocol.packet import BodyInfo, BodyVerifier
 from .errors import HubError, HubUnavailable, NodeError
 
 CHUNK: Final = 256 * 1024
+#: Receive buffer of a body stream (:meth:`HubClient.body_stream`): the connection is
+#: paused only when twice this much waits, not every 512 KiB the consumer lags behind.
+BODY_READ_BUFFER: Final = 2 * 1024 * 1024
 CBOR: Final = "application/cbor"
 USER_AGENT: Final = "lienthong-node/0.1"
 #: Directory batch size per request (the hub takes up to 2000).
@@ -103,6 +107,14 @@ def enrol_message(token: str, organ: str) -> bytes:
 def session_message(challenge: bytes, organ: str) -> bytes:
     """What the office signs to open a session (``CTX_SESSION``): challenge, organ."""
     return challenge + organ.encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class BodyStream:
+    """A body download under way: where it begins, and its bytes."""
+
+    start: int
+    content: aiohttp.StreamReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,6 +504,37 @@ class HubClient:
         except RemoteError:
             await asyncio.to_thread(dest.unlink, True)
             raise
+
+    @contextlib.asynccontextmanager
+    async def body_stream(self, digest: bytes, start: int = 0) -> AsyncIterator[BodyStream]:
+        """GET a body from byte ``start`` (``Range``); the caller reads and checks it.
+
+        The stream's ``start`` says where it really begins: 0 when the hub ignored the
+        range.  Errors map as everywhere else, also while the caller reads: no answer or
+        a broken stream is :class:`HubUnavailable`, a problem answer :class:`HubError`.
+        """
+        for attempt in (1, 2):
+            headers = {"Authorization": f"Bearer {await self._bearer()}"}
+            if start:
+                headers["Range"] = f"bytes={start}-"
+            try:
+                async with self.session.get(
+                    self._url(f"/v1/bodies/{digest.hex()}"),
+                    headers=headers,
+                    read_bufsize=BODY_READ_BUFFER,
+                ) as resp:
+                    if resp.status == 401 and attempt == 1 and self.signing_key is not None:
+                        self._token = None
+                        await resp.read()
+                        continue
+                    await self._raise_for(resp)
+                    yield BodyStream(start if resp.status == 206 else 0, resp.content)
+                    return
+            except aiohttp.ClientSSLError as exc:
+                raise NodeError("hub_certificate_invalid", str(exc)) from None
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                raise HubUnavailable(_describe(exc)) from None
+        raise HubError("token_invalid", 401, "the hub refused a fresh session token")
 
     # --- receipts -----------------------------------------------------------------------------------
 

@@ -2,12 +2,12 @@
 
 For each envelope: parse it strictly, check that it is addressed to this office, verify
 the sender's signature against its verified directory entry, unwrap the content key and
-check its commitment, download the body (resumable, checked against the envelope's size
-and SHA-256 on the way; a small body comes inline in the mailbox item and is checked the
-same way), open it chunk by chunk into a private work folder, and only
-when every check passed publish ``inbox/<packet-id>/`` with its ``metadata.json`` and
-queue receipt 01 (:mod:`nodes.transfer`).  A packet that fails any check is never
-written to the inbox: it is recorded with the error code and, when the envelope names
+check its commitment, download the body (resumable; a small body comes inline in the
+mailbox item and is checked the same way) and open it chunk by chunk as it arrives into
+a private work folder -- one pass over the body, checked against the envelope's size
+and SHA-256 and every chunk tag -- and only when every check passed publish
+``inbox/<packet-id>/`` with its ``metadata.json`` and queue receipt 01
+(:mod:`nodes.transfer`).  A packet that fails any check is never written to the inbox: it is recorded with the error code and, when the envelope names
 this office, answered with receipt 02 and the reason.
 
 Relayed receipts are verified before they count: a recipient's receipt about a packet we
@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar
 
 from protocol.errors import RemoteError
 from protocol.keys import fingerprint
@@ -43,7 +43,7 @@ from protocol.receipts import (
 )
 
 from . import registers, transfer
-from .client import inline_body, unb64
+from .client import HubClient, inline_body, unb64
 from .core import (
     AgentCore,
     RoundReport,
@@ -54,6 +54,10 @@ from .core import (
     until_stopped,
 )
 from .errors import HubError, HubUnavailable, NodeError
+
+T = TypeVar("T")
+#: Bytes of a download gathered before they are opened in one worker-thread call.
+FEED_BATCH: Final = 1024 * 1024
 
 
 class Mailbox(AgentCore):
@@ -136,26 +140,14 @@ class Mailbox(AgentCore):
                 )
             opener = Opener(env, organ=self.organ, key=key)
             sender_name = sender.name
-            with self._progress("download", env.body_info.size) as progress:
-                if not await self._inline_body(item, env, part):
-                    await until_stopped(
-                        self.client.download_body(
-                            env.body_info.sha256, env.body_info, part, progress
-                        ),
-                        self._stop,
-                    )
             received_at = unix_now()
             meta = opener.metadata
 
             def metadata(files: list[dict[str, Any]]) -> dict[str, Any]:
                 return self._metadata_doc(env, sender.name, meta, files, received_at)
 
-            work = self.home.tmp / f"{pid}.open"
-            final = self.home.inbox / pid
-            with self._progress("open", env.body_info.size) as progress:
-                listing = await asyncio.to_thread(
-                    transfer.open_to_inbox, opener, part, work, final, metadata, progress
-                )
+            await self._inline_body(item, env, part)  # then _fetch_body downloads nothing
+            listing = await self._fetch_body(opener, part, pid, metadata)
         except RemoteError as exc:
             part.unlink(missing_ok=True)
             self._refuse(pid, env, exc, report, sender_name=sender_name)
@@ -198,6 +190,33 @@ class Mailbox(AgentCore):
             return False
         await asyncio.to_thread(part.write_bytes, data)
         return True
+
+    async def _fetch_body(
+        self,
+        opener: Opener,
+        part: Path,
+        pid: str,
+        metadata: Callable[[list[dict[str, Any]]], Mapping[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """Download the body into ``part`` while opening it; publish ``inbox/<pid>``.
+
+        One pass over the body (:class:`transfer.BodyReceiver`): the download resumes
+        from what ``part`` holds, the plaintext waits in a private work folder until every
+        check passed.  A refused body leaves nothing (:class:`RemoteError`); a broken
+        connection keeps ``part`` for the next attempt.
+        """
+        info = opener.envelope.body_info
+        receiver = transfer.BodyReceiver(opener, part, self.home.tmp / f"{pid}.open")
+        try:
+            with self._progress("download", info.size) as progress:
+                await until_stopped(download_into(self.client, receiver, progress), self._stop)
+            return await _in_thread(receiver.finish, self.home.inbox / pid, metadata)
+        except RemoteError:
+            await _in_thread(receiver.discard)
+            raise
+        except BaseException:
+            await _in_thread(receiver.suspend)
+            raise
 
     def _inbox_record(self, env: Envelope, sender_name: str, at: int) -> dict[str, Any]:
         r = env.routing
@@ -407,6 +426,87 @@ class Mailbox(AgentCore):
             self._update_delivery(pid, r.organ, fetched_at=r.at)
         report.receipts_in += 1
         return True
+
+
+async def download_into(
+    client: HubClient, receiver: transfer.BodyReceiver, progress: transfer.Progress | None = None
+) -> None:
+    """Start ``receiver`` (resuming what it holds) and feed it the rest of the body.
+
+    The pieces are gathered into batches of about :data:`FEED_BATCH` bytes; one batch is
+    written and opened in a worker thread while the next one arrives.  When this returns
+    or raises, no worker-thread call on the receiver is running.
+    """
+    info = receiver.info
+    have = await _in_thread(receiver.start)
+    if have >= info.size:
+        return
+    async with client.body_stream(info.sha256, have) as stream:
+        skip = have - stream.start  # the hub ignored the range: bytes we hold already
+        done = have
+        batch: list[bytes] = []
+        size = 0
+        feeding: asyncio.Future[None] | None = None
+        try:
+            async for chunk, _ in stream.content.iter_chunks():  # as received: no joining
+                if skip:
+                    drop = min(skip, len(chunk))
+                    chunk, skip = chunk[drop:], skip - drop
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= FEED_BATCH:
+                    if feeding is not None:
+                        await asyncio.shield(feeding)
+                    feeding = _start_thread(receiver.feed, batch)
+                    done += size
+                    batch, size = [], 0
+                    if progress is not None:
+                        progress(done, info.size)
+            if feeding is not None:
+                await asyncio.shield(feeding)
+            feeding = _start_thread(receiver.feed, batch)
+            done += size
+            batch, size = [], 0
+            await asyncio.shield(feeding)
+        except BaseException as exc:
+            fed = feeding is None or await _settle(feeding)
+            if batch and fed and not isinstance(exc, RemoteError):
+                # The connection broke: what arrived is kept for the resumption.
+                await _in_thread(receiver.keep, batch)
+            raise
+        if progress is not None:
+            progress(done, info.size)
+
+
+def _start_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    return asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` in a worker thread; if cancelled meanwhile, only once it has ended.
+
+    The body receiver's methods must never overlap: a cancelled wait would otherwise let
+    the clean-up start while the thread still writes.
+    """
+    future = _start_thread(fn, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await _settle(future)
+        raise
+
+
+async def _settle(future: asyncio.Future[Any]) -> bool:
+    """Wait for a worker thread's call to end, whatever it or the caller raises.
+
+    Returns whether it succeeded.  ``future`` must not have been cancelled (await it
+    through :func:`asyncio.shield`): a cancelled one would not say when the thread ends.
+    """
+    while not future.done():
+        with contextlib.suppress(BaseException):
+            await asyncio.wait([future])
+    # Retrieved either way: the caller's own error supersedes this one.
+    return not future.cancelled() and future.exception() is None
 
 
 def _organs_of(item: Mapping[str, Any]) -> set[str]:

@@ -1,6 +1,6 @@
-"""Sealing files into a spool body, and opening a downloaded body into the inbox.
+"""Sealing files into a spool body, and opening a body into the inbox as it downloads.
 
-Both run in a worker thread (``asyncio.to_thread``): they are blocking file I/O and CPU
+All of it runs in worker threads (``asyncio.to_thread``): they are blocking file I/O and CPU
 work (AES-GCM, SHA-256) over bodies of any size, in bounded memory -- one read buffer
 and one STREAM chunk at a time, whatever the document's size.
 
@@ -11,11 +11,16 @@ chunk, so every file is first written under a numbered name in a private work fo
 only when :meth:`Opener.finish` returns are the files given their names, the
 ``metadata.json`` written, and the folder renamed to ``inbox/<packet-id>`` in one atomic
 step.  Any failure removes the work folder: nothing of a bad packet is ever visible.
+:class:`BodyReceiver` does this while the body downloads (the bytes also go to the
+resumable ``.part`` file, never read back unless a download resumes);
+:func:`open_to_inbox` does it from a body file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import mimetypes
 import os
@@ -27,11 +32,15 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from protocol.codec import nfc
-from protocol.packet import Opener, Sealer, check_file_name
+from protocol.errors import RemoteError
+from protocol.packet import BodyVerifier, Opener, Sealer, check_file_name
 
 from .errors import NodeError
 
 READ: Final = 1024 * 1024
+#: The spool's write-back is started every this many bytes while sealing goes on, so the
+#: closing fsync finds little left (see :func:`_write_back`).
+WRITEBACK_EVERY: Final = 8 * 1024 * 1024
 METADATA_FILE: Final = "metadata.json"
 #: Longest file name in bytes most file systems take.
 NAME_BYTES_MAX: Final = 255
@@ -126,6 +135,31 @@ def copy_archive(files: Sequence[SourceFile], folder: Path) -> list[SourceFile]:
         raise
 
 
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+    func = getattr(libc, "sync_file_range", None)
+    if func is None:
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func  # type: ignore[no-any-return]
+
+
+#: Linux's sync_file_range(2) (None elsewhere): start a range's write-back, no waiting.
+_SYNC_FILE_RANGE: Final = _libc_sync_file_range()
+SYNC_FILE_RANGE_WRITE: Final = 2
+
+
+def _write_back(out: IO[bytes], start: int, end: int) -> None:
+    """Start writing ``out``'s bytes ``start:end`` to disk; the final fsync still counts."""
+    if _SYNC_FILE_RANGE is not None:
+        out.flush()
+        _SYNC_FILE_RANGE(out.fileno(), start, end - start, SYNC_FILE_RANGE_WRITE)
+
+
 def seal_to_file(
     sealer: Sealer, files: Sequence[SourceFile], dest: Path, progress: Progress | None = None
 ) -> tuple[bytes, int]:
@@ -134,6 +168,7 @@ def seal_to_file(
     done = 0
     tmp = dest.with_name(dest.name + ".partial")
     size = 0
+    written_back = 0
     try:
         with tmp.open("wb") as out:
             for f in files:
@@ -143,6 +178,9 @@ def seal_to_file(
                         for chunk in sealer.feed(piece):
                             out.write(chunk)
                             size += len(chunk)
+                        if size - written_back >= WRITEBACK_EVERY:
+                            _write_back(out, written_back, size)
+                            written_back = size
                         done += len(piece)
                         if progress is not None:
                             progress(done, total)
@@ -156,6 +194,68 @@ def seal_to_file(
         tmp.unlink(missing_ok=True)
         raise
     return envelope, size
+
+
+class _Plaintext:
+    """The opener's pieces, written to numbered files of the private work folder."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self._current: tuple[int, IO[bytes]] | None = None
+
+    def write(self, pieces: list[tuple[int, bytes]]) -> None:
+        for index, data in pieces:
+            if self._current is None or self._current[0] != index:
+                self.close()
+                self._current = (index, (self.work / f"{index:05d}").open("ab"))
+            self._current[1].write(data)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current[1].close()
+            self._current = None
+
+
+def _publish(
+    opener: Opener,
+    work: Path,
+    final: Path,
+    metadata: Callable[[list[dict[str, Any]]], Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """Every check passed: name the files, write the metadata, publish atomically."""
+    files = opener.metadata.files
+    names = unique_names([f.name for f in files])
+    listing = []
+    for index, (info, name) in enumerate(zip(files, names, strict=True)):
+        numbered = work / f"{index:05d}"
+        if not numbered.exists():
+            numbered.touch()  # an empty file yields no plaintext pieces
+        numbered.rename(work / name)
+        listing.append(
+            {
+                "name": name,
+                "original_name": info.name,
+                "media_type": info.media_type,
+                "size": info.size,
+                "sha256": info.sha256.hex(),
+            }
+        )
+    doc = metadata(listing)
+    with (work / METADATA_FILE).open("w", encoding="utf-8") as out:
+        json.dump(doc, out, ensure_ascii=False, indent=2)
+        out.write("\n")
+        out.flush()
+        os.fsync(out.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(work, final)
+    with contextlib.suppress(OSError):
+        fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return listing
 
 
 def open_to_inbox(
@@ -172,68 +272,148 @@ def open_to_inbox(
     SHA-256) once everything verified, and returns the ``metadata.json`` document.
     Raises the opener's :class:`RemoteError` on any failed check, leaving nothing behind.
     """
-    files = opener.metadata.files
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(mode=0o700, parents=True)
-    current: tuple[int, IO[bytes]] | None = None
+    out = _Plaintext(work)
     try:
-
-        def write(pieces: list[tuple[int, bytes]]) -> None:
-            nonlocal current
-            for index, data in pieces:
-                if current is None or current[0] != index:
-                    if current is not None:
-                        current[1].close()
-                    current = (index, (work / f"{index:05d}").open("ab"))
-                current[1].write(data)
-
         total = body.stat().st_size
         done = 0
         with body.open("rb") as fh:
             while piece := fh.read(READ):
-                write(opener.feed(piece))
+                out.write(opener.feed(piece))
                 done += len(piece)
                 if progress is not None:
                     progress(done, total)
-        write(opener.finish())
-        if current is not None:
-            current[1].close()
-            current = None
-        # Every check passed: name the files, write the metadata, publish atomically.
-        names = unique_names([f.name for f in files])
-        listing = []
-        for index, (info, name) in enumerate(zip(files, names, strict=True)):
-            numbered = work / f"{index:05d}"
-            if not numbered.exists():
-                numbered.touch()  # an empty file yields no plaintext pieces
-            numbered.rename(work / name)
-            listing.append(
-                {
-                    "name": name,
-                    "original_name": info.name,
-                    "media_type": info.media_type,
-                    "size": info.size,
-                    "sha256": info.sha256.hex(),
-                }
-            )
-        doc = metadata(listing)
-        with (work / METADATA_FILE).open("w", encoding="utf-8") as out:
-            json.dump(doc, out, ensure_ascii=False, indent=2)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
-        with contextlib.suppress(OSError):
-            fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return listing
+        out.write(opener.finish())
+        out.close()
+        return _publish(opener, work, final, metadata)
     except BaseException:
-        if current is not None:
-            current[1].close()
+        out.close()
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+class BodyReceiver:
+    """Open a body while it downloads, keeping the downloaded bytes for a resumption.
+
+    Each piece is appended to ``part`` (the resumable download) and fed to the
+    :class:`Opener`, whose plaintext goes to the private work folder; :meth:`finish`
+    publishes ``final`` only once the opener's every check passed (DESIGN.md §7).  So the
+    body crosses the disk once on the way in and is never read back.
+
+    A resumed download first feeds the bytes already in ``part`` (:meth:`start`).  The
+    order of the refusals is that of checking the body before opening it: a body that
+    is not the one the envelope names fails with ``body_extended``, ``truncated_body`` or
+    ``body_digest_mismatch``, whatever a chunk tag said before.  When the opener refuses
+    a piece, the rest of the body is still received (into ``part`` only, up to its
+    declared size) and the whole is hashed to tell the two apart.
+
+    Blocking file and CPU work: call the methods from a worker thread, one at a time.
+    """
+
+    def __init__(self, opener: Opener, part: Path, work: Path) -> None:
+        self.opener = opener
+        self.info = opener.envelope.body_info
+        self.part = part
+        self.work = work
+        self.received = 0
+        self._refused: RemoteError | None = None
+        self._fh: IO[bytes] | None = None
+        self._out = _Plaintext(work)
+
+    def start(self) -> int:
+        """Fresh work folder; feed what ``part`` holds already.  Returns its size."""
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(mode=0o700, parents=True)
+        try:
+            have = self.part.stat().st_size
+        except FileNotFoundError:
+            have = 0
+        if have > self.info.size:
+            have = 0  # not a prefix of this body: start over
+        self._fh = self.part.open("r+b" if have else "wb")
+        while self.received < have:
+            self._open(self._fh.read(min(READ, have - self.received)))
+        return have
+
+    def feed(self, pieces: Sequence[bytes]) -> None:
+        """Append ``pieces`` to ``part`` and open them."""
+        if self._fh is None:
+            raise NodeError("local", "the body receiver is not started")
+        for piece in pieces:
+            if self.received + len(piece) > self.info.size:
+                raise RemoteError(
+                    "body_extended", f"body exceeds its declared {self.info.size} bytes"
+                )
+            self._fh.write(piece)
+            self._open(piece)
+
+    def keep(self, pieces: Sequence[bytes]) -> None:
+        """Append ``pieces`` to ``part`` only: the download broke, they wait for a resumption."""
+        if self._fh is None:
+            return
+        for piece in pieces:
+            if self.received + len(piece) > self.info.size:
+                return
+            self._fh.write(piece)
+            self.received += len(piece)
+
+    def _open(self, piece: bytes) -> None:
+        self.received += len(piece)
+        if self._refused is not None:
+            return
+        try:
+            self._out.write(self.opener.feed(piece))
+        except RemoteError as exc:
+            if exc.code == "body_extended":
+                raise
+            self._refused = exc  # judged once the whole body is here
+
+    def finish(
+        self, final: Path, metadata: Callable[[list[dict[str, Any]]], Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Every check; then publish ``final`` and drop ``part``."""
+        if self.received < self.info.size:
+            raise RemoteError("truncated_body", f"{self.received} of {self.info.size} bytes")
+        try:
+            if self._refused is not None:
+                raise self._refused
+            self._out.write(self.opener.finish())
+        except RemoteError as exc:
+            self._judge(exc)
+        self.close()
+        listing = _publish(self.opener, self.work, final, metadata)
+        self.part.unlink(missing_ok=True)
+        return listing
+
+    def _judge(self, exc: RemoteError) -> None:
+        """Raise ``body_digest_mismatch`` if the body is not the envelope's, else ``exc``."""
+        if self._fh is not None:
+            self._fh.flush()
+        check = BodyVerifier(self.info)
+        with self.part.open("rb") as fh:
+            while block := fh.read(READ):
+                check.feed(block)
+        check.finish()
+        raise exc
+
+    def close(self) -> None:
+        """Close the files; ``part`` stays (flushed) for a later resumption."""
+        self._out.close()
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            fh.close()
+
+    def suspend(self) -> None:
+        """The connection broke: keep ``part`` durably, drop the unverified plaintext."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        self.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def discard(self) -> None:
+        """A refused body: nothing of it remains."""
+        self.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.part.unlink(missing_ok=True)

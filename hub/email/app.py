@@ -13,16 +13,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 from prometheus_client import Counter
 
 from ..context import HUB
 from ..logs import get_logger
-from .inbound import start_server
-from .outbound import Sender
+from . import models  # noqa: F401 - its table is part of the schema, gateway on or off
 from .settings import EmailSettings
+
+if TYPE_CHECKING:
+    from .outbound import Sender
 
 log = get_logger("hub.email")
 
@@ -49,6 +51,10 @@ def setup_email(app: web.Application) -> None:
         if not (cfg.inbound or cfg.outbound):
             yield
             return
+        # Only a hub with the gateway on loads it (aiosmtpd, aiosmtplib, the MIME code).
+        from .inbound import start_server
+        from .outbound import Sender
+
         counter = Counter(
             "lienthong_email_messages",
             "E-mail messages by direction and outcome (accepted, sent, deferred, a code ...).",

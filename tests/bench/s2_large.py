@@ -15,6 +15,12 @@ keystore costs a fixed 64 MiB by design (Argon2id, RFC 9106) before any byte mov
 
 The peer: ``age`` encrypt + decrypt plus two copies (sender -> server -> recipient), the
 copy on the server and the decrypted file fsynced as the hub's blob and the inbox are.
+
+Stages (``lienthong.stages``): on a shared machine the wall rate says little, so the same
+document also goes through the node's own functions, in this process, against the same
+hub processes, one stage at a time -- archive copy, sealing to the spool, upload,
+download-and-open into the inbox -- each with its wall time and the CPU seconds of this
+process and of the hub processes.
 """
 
 from __future__ import annotations
@@ -30,12 +36,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nodes import transfer
 from nodes.client import HubClient
+from nodes.mailbox import download_into
+from protocol.packet import DocumentMetadata, Opener, Recipient, Sealer, parse_envelope
 
 from .common import (
     BIN,
     MIB,
     clean_env,
+    cpu_seconds,
     database,
     fill_file,
     loadavg,
@@ -50,6 +60,9 @@ NODE_EXE = str(BIN / "lienthong-node")
 PASSPHRASE = "mật khẩu đo hiệu năng 2025"
 PROVINCE = "BENCH.TU"
 COMMUNE = "BENCH.XA"
+#: The organs of the stage timings (enrolled by this process, keys in memory).
+STAGE_FROM = "BENCH.TU2"
+STAGE_TO = "BENCH.XA2"
 
 
 def _node_env(home: Path) -> dict[str, str]:
@@ -57,14 +70,15 @@ def _node_env(home: Path) -> dict[str, str]:
 
 
 async def _tokens(cluster: HubCluster) -> dict[str, str]:
-    """The admin organ (CLI), then both organs through the admin API: their tokens."""
+    """The admin organ (CLI), then the organs through the admin API: their tokens."""
     token = cluster.cli("enroll", "--data", str(cluster.data), ADMIN, "--name", "Quản trị",
                         "--role", "admin").strip().splitlines()[-1]  # fmt: skip
     keys = new_office(ADMIN, cluster.hybrid)
     out = {}
+    organs = ((PROVINCE, None), (COMMUNE, PROVINCE), (STAGE_FROM, None), (STAGE_TO, STAGE_FROM))
     async with HubClient(cluster.urls[0], organ=ADMIN, signing_key=keys.signing) as admin:
         await admin.enrol(token, keys.signing, keys.encryption.public_key())
-        for code, parent in ((PROVINCE, None), (COMMUNE, PROVINCE)):
+        for code, parent in organs:
             doc: dict[str, Any] = {"organ": code, "name": f"Văn phòng {code}"}
             if parent:
                 doc["parent"] = parent
@@ -157,6 +171,75 @@ def _send(sender: Path, recipient: Path, doc: Path, profile: Path | None = None)
     }
 
 
+class _Clock:
+    """Wall time, this process's CPU and the hub processes' CPU of one stage."""
+
+    def __init__(self, out: dict[str, Any], name: str, pids: list[int], size: int) -> None:
+        self.out, self.name, self.pids, self.size = out, name, pids, size
+
+    def __enter__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+        self.hub = sum(cpu_seconds(p) for p in self.pids)
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.wall
+        self.out[self.name] = {
+            "seconds": round(wall, 3),
+            "mb_s": round(self.size / 1e6 / wall, 1),
+            "node_cpu_seconds": round(time.process_time() - self.cpu, 2),
+            "hub_cpu_seconds": round(sum(cpu_seconds(p) for p in self.pids) - self.hub, 2),
+        }
+
+
+async def _stages(
+    cluster: HubCluster, tokens: dict[str, str], folder: Path, doc: Path, want: str, size: int
+) -> dict[str, Any]:
+    """The node's transfer functions one after the other, timed (see the module text)."""
+    keys = {code: new_office(code, cluster.hybrid) for code in tokens}
+    url = cluster.urls[0]  # one hub process: its CPU is the hub's share of every stage
+    out: dict[str, Any] = {}
+    try:
+        async with (
+            HubClient(url, organ=STAGE_FROM, signing_key=keys[STAGE_FROM].signing) as sender,
+            HubClient(url, organ=STAGE_TO, signing_key=keys[STAGE_TO].signing) as recipient,
+        ):
+            for client in (sender, recipient):
+                k = keys[client.organ]
+                await client.enrol(tokens[client.organ], k.signing, k.encryption.public_key())
+            pids = cluster.pids[:1]
+            with _Clock(out, "archive_copy", pids, size):
+                files = await asyncio.to_thread(
+                    transfer.copy_archive, transfer.source_files([doc]), folder / "archive"
+                )
+            sealer = Sealer(
+                sender=STAGE_FROM,
+                signing_key=keys[STAGE_FROM].signing,
+                recipients=[Recipient(STAGE_TO, keys[STAGE_TO].encryption.public_key())],
+                metadata=DocumentMetadata(subject="Tài liệu hội nghị tổng kết", doc_type="CV"),
+                chunk_size=MIB,  # as the node seals large bodies
+            )
+            with _Clock(out, "seal_to_spool", pids, size):
+                envelope, body_size = await asyncio.to_thread(
+                    transfer.seal_to_file, sealer, files, folder / "body"
+                )
+            env = parse_envelope(envelope)
+            await sender.submit_envelope(envelope)
+            with _Clock(out, "upload", pids, size):
+                await sender.upload_body(env.packet_id, folder / "body", body_size)
+            opener = Opener(env, organ=STAGE_TO, key=keys[STAGE_TO].encryption)
+            receiver = transfer.BodyReceiver(opener, folder / "part", folder / "open")
+            final = folder / "inbox"
+            with _Clock(out, "download_and_open", pids, size):
+                await download_into(recipient, receiver)
+                await asyncio.to_thread(receiver.finish, final, lambda files: {"files": files})
+            if _sha256(final / doc.name) != want:
+                raise RuntimeError("the stage timings' file differs")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -178,6 +261,7 @@ def lienthong(
         daemon: subprocess.Popen[bytes] | None = None
         try:
             tokens = asyncio.run(_tokens(cluster))
+            stage_tokens = {c: tokens.pop(c) for c in (STAGE_FROM, STAGE_TO)}
             homes = {code: work / f"s2-{code}" for code in tokens}
             for n, (code, token) in enumerate(tokens.items()):
                 url_n = cluster.urls[n % len(cluster.urls)]
@@ -217,6 +301,11 @@ def lienthong(
             got = next((recipient / "inbox" / large["packet_id"]).glob("*.bin"))
             if _sha256(got) != want:
                 raise RuntimeError("the received file differs")
+            hub_peaks = cluster.peak_rss_mib()  # before the stages add their own transfer
+            (work / "s2-stages").mkdir(exist_ok=True)
+            stages = asyncio.run(
+                _stages(cluster, stage_tokens, work / "s2-stages", doc, want, size)
+            )
             seconds = large["seconds"]
             fixed = small["seconds"]
             return {
@@ -226,12 +315,13 @@ def lienthong(
                 "fixed_seconds_1kib": round(fixed, 2),
                 "net_mb_s": round(size / 1e6 / max(seconds - fixed, 1e-9), 1),
                 "send_command_seconds": large["send_command_seconds"],
-                "hub_peak_rss_mib": cluster.peak_rss_mib(),
+                "hub_peak_rss_mib": hub_peaks,
                 "send_peak_rss_mib": large["send_peak_rss_mib"],
                 "send_transfer_peak_rss_mib": large["send_transfer_peak_rss_mib"],
                 "daemon_peak_rss_mib": round(max(daemon_peak, daemon_before) / 1024, 1),
                 "daemon_transfer_peak_rss_mib": round(daemon_peak / 1024, 1),
                 "loadavg_before": load,
+                "stages": stages,
                 **({"profile": profiles} if profiles else {}),
             }
         finally:
