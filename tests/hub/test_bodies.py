@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import aiohttp
@@ -57,3 +58,39 @@ async def test_a_blob_shorter_than_recorded_breaks_the_answer(hub_env: HubEnv) -
         await resp.read()
     await asyncio.sleep(0.2)
     assert (await _status(env, w, answer["packet_id"]))["fetched_at"] is None
+
+
+async def test_a_handler_cancelled_while_the_blob_opens_closes_it(
+    hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The executor finishes opening after the handler is gone: the file is closed anyway."""
+    from hub.api.bodies import _open_blob
+
+    env = hub_env
+    w = await world(env)
+    _, envelope, _body = await send(env, w.province, [w.yen_lac])
+    digest = parse_envelope(envelope).body_info.sha256
+    blobs = env.hub.blobs
+    release = threading.Event()
+    opened: list[Any] = []
+    real_open = blobs.open
+
+    def slow_open(d: bytes) -> Any:
+        release.wait(5)
+        fh = real_open(d)
+        opened.append(fh)
+        return fh
+
+    monkeypatch.setattr(blobs, "open", slow_open)
+    task = asyncio.ensure_future(_open_blob(env.hub, digest))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    for _ in range(100):
+        if opened and opened[0].closed:
+            break
+        await asyncio.sleep(0.02)
+    assert opened
+    assert opened[0].closed
