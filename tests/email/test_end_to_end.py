@@ -163,8 +163,9 @@ def test_http_office_to_email_only_office_and_back(world: World, tmp_path: Path)
                    "--in-reply-to", pid, str(answer))  # fmt: skip
     assert sent["state"] == "accepted", sent
     assert province.json("sync")["received"] == [sent["packet_id"]]
-    # The hub's accepted receipt and the province's 01 come back by e-mail.
-    assert wait_for(lambda: world.dovecot.count(mailbox) >= 2, timeout=30)
+    # The hub's accepted receipt, its fetched receipt (the province took the body) and the
+    # province's 01 come back by e-mail.
+    assert wait_for(lambda: world.dovecot.count(mailbox) >= 3, timeout=30)
     xa.json("sync")
     mine = xa.json("status", sent["packet_id"], "--offline")
     assert mine["accepted_receipt_verified"] is True, mine
