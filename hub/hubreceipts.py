@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -35,9 +36,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub.auditlog.models import LogEntry
 from hub.auditlog.sequencer import LOCK_KEY
+from protocol.codec import encode
 from protocol.keys import SigningPrivateKey
 from protocol.merkle import leaf_hash
-from protocol.receipts import HubReceipt, parse_hub_receipt, sign_hub_receipt
+from protocol.receipts import HubReceipt, sign_hub_receipt
 
 from .clock import now
 from .logs import get_logger
@@ -134,17 +136,15 @@ async def sign_ready(
         index = indexes.get((packet_id, event))
         if index is None:
             continue
-        raw = sign_hub_receipt(
-            HubReceipt(
-                kind=kind,
-                packet_id=packet_id,
-                envelope_digest=digest,
-                organ=organ,
-                at=at,
-                log_index=index,
-            ),
-            key,
+        receipt = HubReceipt(
+            kind=kind,
+            packet_id=packet_id,
+            envelope_digest=digest,
+            organ=organ,
+            at=at,
+            log_index=index,
         )
+        raw = sign_hub_receipt(receipt, key)
         if kind == "accepted":
             updates.append({"id": packet_id, "hub_receipt": raw})
             out.accepted[packet_id] = raw
@@ -160,7 +160,9 @@ async def sign_ready(
                     "received_at": at,
                     "signer": HUB_SIGNER,
                     "receipt": raw,
-                    "digest": parse_hub_receipt(raw).digest,
+                    # The receipt's digest is SHA-256 of its body, the deterministic
+                    # encoding of these fields: no need to parse back what we just signed.
+                    "digest": hashlib.sha256(encode(receipt.to_cbor(key.kid))).digest(),
                 }
             )
         done.append(row_id)

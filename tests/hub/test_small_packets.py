@@ -12,17 +12,22 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from hub import mailbox as hub_mailbox
 from hub.app import create_app
 from hub.context import HUB
 from hub.deliveries import INLINE_BODY_MAX
 from hub.mailcache import Encoded, ItemCache
-from hub.models import Packet
+from hub.models import DeliveryEvent, Packet
 from hub.sessions import TokenCache, TokenRow
 from protocol.packet import parse_envelope
-from protocol.receipts import OfficeReceipt, sign_office_receipt, verify_hub_receipt
+from protocol.receipts import (
+    OfficeReceipt,
+    parse_hub_receipt,
+    sign_office_receipt,
+    verify_hub_receipt,
+)
 
 from .conftest import hub_settings
 from .helpers import (
@@ -98,6 +103,18 @@ async def test_small_body_inline_fetched_once_on_ack(hub_env: HubEnv) -> None:
     hub_pub = env.keys.hub.public_key()
     for i in relayed:
         verify_hub_receipt(unb64(i["receipt"]), hub_pub, envelope=parsed, kind="fetched")
+    # The stored digest of each hub receipt (computed, not parsed back) is its body's.
+    async with env.hub.sessions() as session:
+        stored = (
+            await session.execute(
+                select(DeliveryEvent.receipt, DeliveryEvent.digest).where(
+                    DeliveryEvent.source == "hub"
+                )
+            )
+        ).all()
+    assert len(stored) == 2
+    for raw, digest in stored:
+        assert bytes(digest) == parse_hub_receipt(bytes(raw)).digest
     doc = await _status(env, w.province, answer["packet_id"])
     for r in doc["recipients"]:
         assert [h["status"] for h in r["history"]] == ["fetched"]

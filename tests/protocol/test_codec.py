@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol import codec
 from protocol.codec import (
     DEFAULT_MAX_DEPTH,
     Fields,
@@ -201,6 +202,36 @@ def test_non_shortest_forms(data: str) -> None:
 )
 def test_unsorted_map_keys(data: str) -> None:
     assert _code(h(data)) == "cbor_not_canonical"
+
+
+def test_key_order_checked_after_the_same_keys_were_seen_sorted() -> None:
+    """The remembered canonical key sequences never admit another order of the same keys."""
+    sorted_map = {"a": 1, "b": 2, "cc": 3}
+    assert decode(encode(sorted_map)) == sorted_map
+    assert ("a", "b", "cc") in codec._CANONICAL_KEY_ORDERS
+    for order in (("b", "a", "cc"), ("cc", "a", "b"), ("a", "cc", "b")):
+        data = cbor2.dumps({k: sorted_map[k] for k in order})
+        assert _code(data) == "cbor_not_canonical"
+        assert _code(cbor2.dumps([{k: sorted_map[k] for k in order}])) == "cbor_not_canonical"
+    # Mixed keys: integers first (non-negative, then negative), then text, as cbor2 sorts.
+    assert decode(h("a3 01 00 20 00 6161 00")) == {1: 0, -1: 0, "a": 0}
+    assert _code(h("a3 20 00 01 00 6161 00")) == "cbor_not_canonical"
+    assert _code(h("a3 6161 00 01 00 20 00")) == "cbor_not_canonical"
+
+
+def test_key_orders_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "_CANONICAL_KEY_ORDERS", set())
+    many = {f"k{i:03d}": i for i in range(40)}  # more keys than are remembered
+    assert decode(encode(many)) == many
+    long_key = {"a": 1, "b" * 100: 2}
+    assert decode(encode(long_key)) == long_key
+    assert not codec._CANONICAL_KEY_ORDERS
+    shuffled = dict(reversed(list(many.items())))
+    assert _code(cbor2.dumps(shuffled)) == "cbor_not_canonical"
+    for i in range(codec._KEY_ORDERS_MAX + 10):
+        decode(encode({"a": 1, f"x{i}": 2}))
+    assert len(codec._CANONICAL_KEY_ORDERS) == codec._KEY_ORDERS_MAX
+    assert _code(h("a2 6162 01 6161 02")) == "cbor_not_canonical"  # still checked when full
 
 
 @pytest.mark.parametrize(
