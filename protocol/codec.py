@@ -43,7 +43,70 @@ DEFAULT_MAX_DEPTH: Final = 8
 def encode(value: Any) -> bytes:
     """Deterministic CBOR encoding of ``value`` (RFC 8949 §4.2.1)."""
     _check_encodable(value, 0)
-    return cbor2.dumps(value, canonical=True)
+    # cbor2's canonical mode sorts every map's keys on every call, which costs more than
+    # the rest of the encoding; the plain encoding of the value with each map's keys put
+    # in canonical order (orders remembered per key sequence) is the same bytes.
+    ordered = _in_key_order(value)
+    if ordered is _UNORDERED:
+        return cbor2.dumps(value, canonical=True)
+    return cbor2.dumps(ordered)
+
+
+#: :func:`_in_key_order` found something it does not reorder (a subclass of a protocol
+#: type, a key order it could not settle): encode with cbor2's canonical mode.
+_UNORDERED: Final = object()
+#: Key sequence -> the same keys in canonical order; bounded like the decoder's set.
+_KEY_ORDER_OF: Final[dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+
+
+def _in_key_order(value: Any) -> Any:
+    """``value`` with each map's keys in canonical order (the same object if they are)."""
+    kind = type(value)
+    if kind in _LEAVES or kind is int:
+        return value
+    if kind is dict:
+        keys = tuple(value)
+        order = keys if len(keys) < 2 else _KEY_ORDER_OF.get(keys) or _key_order(keys)
+        if order is None:
+            return _UNORDERED
+        out = {}
+        same = order == keys
+        for key in order:
+            item = value[key]
+            new = item if type(item) in _LEAVES else _in_key_order(item)
+            if new is _UNORDERED:
+                return _UNORDERED
+            same = same and new is item
+            out[key] = new
+        return value if same else out
+    if kind is list or kind is tuple:
+        items = []
+        same = True
+        for item in value:
+            new = item if type(item) in _LEAVES else _in_key_order(item)
+            if new is _UNORDERED:
+                return _UNORDERED
+            same = same and new is item
+            items.append(new)
+        return value if same else items
+    return _UNORDERED
+
+
+def _key_order(keys: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The canonical order of these keys as cbor2 sorts them (checked), or None."""
+    if not all(type(k) is str or type(k) is int for k in keys):
+        return None
+    encoded = {k: cbor2.dumps(k) for k in keys}
+    order = tuple(sorted(keys, key=lambda k: (len(encoded[k]), encoded[k])))
+    if cbor2.dumps(dict.fromkeys(order)) != cbor2.dumps(dict.fromkeys(keys), canonical=True):
+        return None
+    if (
+        len(_KEY_ORDER_OF) < _KEY_ORDERS_MAX
+        and len(keys) <= _KEY_ORDER_KEYS_MAX
+        and all(type(k) is int or len(k) <= _KEY_ORDER_KEY_LEN_MAX for k in keys)
+    ):
+        _KEY_ORDER_OF[keys] = order
+    return order
 
 
 #: Leaf types, compared exactly (``type(x) in``: a bool is not taken for an int, and the
