@@ -165,6 +165,7 @@ async def sign_ready(
     )
     indexes = {(bytes(pid), bytes(data)): idx for idx, data, pid in rows if pid is not None}
     out = Signed()
+    kid = key.kid
     updates: list[dict[str, Any]] = []
     fetched: list[dict[str, Any]] = []
     about: dict[bytes, tuple[str, int]] = {}
@@ -199,7 +200,7 @@ async def sign_ready(
                     "receipt": raw,
                     # The receipt's digest is SHA-256 of its body, the deterministic
                     # encoding of these fields: no need to parse back what we just signed.
-                    "digest": hashlib.sha256(encode(receipt.to_cbor(key.kid))).digest(),
+                    "digest": hashlib.sha256(encode(receipt.to_cbor(kid))).digest(),
                 }
             )
         done.append(row_id)

@@ -4,7 +4,9 @@ the bearer-token cache and the mailbox's encoded-packet cache."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from hub import mailbox as hub_mailbox
 from hub.app import create_app
 from hub.context import HUB
 from hub.deliveries import INLINE_BODY_MAX
-from hub.mailcache import Encoded, ItemCache
+from hub.mailcache import B64, Encoded, ItemCache, to_json
 from hub.models import DeliveryEvent, Packet
 from hub.sessions import TokenCache, TokenRow
 from protocol.packet import parse_envelope
@@ -330,7 +332,7 @@ async def test_fan_out_reads_the_envelope_once(hub_env: HubEnv) -> None:
 
 
 def _encoded(n: int) -> Encoded:
-    return Encoded(envelope="e" * n, envelope_size=n, body=None)
+    return Encoded(envelope=B64("e" * n), envelope_size=n, body=None)
 
 
 @pytest.mark.asyncio
@@ -419,3 +421,23 @@ def test_token_cache() -> None:
         TokenRow("x", b"k", "office", 10, None, 100).caller(10)
     with pytest.raises(Exception, match="revoked"):
         TokenRow("x", b"k", "office", 100, 5, 100).caller(10)
+
+
+def test_answer_json_is_the_standard_encoding() -> None:
+    """Base64 text is copied as it is; everything else is escaped as json.dumps does."""
+    doc = {
+        "items": [
+            {
+                "id": 1,
+                "envelope": B64.of(os.urandom(100)),
+                "body": {"size": 3, "data": B64.of(b'\x00\xff"x'), "url": None},
+                "organ": 'H\u1ed3ng "q" \\ \n\t\x01',
+                "flags": [True, False, None, -5, "\u00e9"],
+            },
+            {"id": 2, "empty": {}, "none": []},
+        ],
+        'k"ey': "v",
+    }
+    assert to_json(doc) == json.dumps(doc)
+    assert json.loads(to_json(doc)) == doc
+    assert B64.of(b"\xfb\xff") == base64.b64encode(b"\xfb\xff").decode()
