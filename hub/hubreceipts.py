@@ -26,18 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import Select, Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub.auditlog.models import LogEntry
 from hub.auditlog.sequencer import LOCK_KEY
+from protocol.codec import encode
 from protocol.keys import SigningPrivateKey
 from protocol.merkle import leaf_hash
-from protocol.receipts import HubReceipt, parse_hub_receipt, sign_hub_receipt
+from protocol.receipts import HubReceipt, sign_hub_receipt
 
 from .clock import now
 from .logs import get_logger
@@ -53,6 +55,61 @@ LEFT_OVER: Final = 1
 #: Longest pause between two attempts of a waiting submission (it starts at 50 ms).
 WAIT_STEP_MAX: Final = 0.5
 log = get_logger("hub.receipts")
+
+
+# Prebuilt Core statements (building them per pass cost more Python than their round
+# trips); lists go in as expanding parameters.
+_H = cast(Table, HubReceiptPending.__table__)
+_P = cast(Table, Packet.__table__)
+_L = cast(Table, LogEntry.__table__)
+_E = cast(Table, DeliveryEvent.__table__)
+_M = cast(Table, MailboxItem.__table__)
+
+
+def _pending_query(variant: str, postgres: bool) -> Select[Any]:
+    query = (
+        select(
+            _H.c.id,
+            _H.c.kind,
+            _H.c.packet_id,
+            _H.c.organ,
+            _H.c.at,
+            _H.c.event,
+            _P.c.envelope_digest,
+            _P.c.sender,
+            _P.c.urgency,
+        )
+        .select_from(_H.join(_P, _P.c.id == _H.c.packet_id))
+        .order_by(_H.c.id)
+        .limit(BATCH)
+    )
+    if variant == "only":
+        query = query.where(
+            _H.c.kind == "accepted", _H.c.packet_id.in_(bindparam("ids", expanding=True))
+        )
+    elif variant == "before":
+        query = query.where(or_(_H.c.kind != "accepted", _H.c.at < bindparam("before")))
+    if postgres:
+        query = query.with_for_update(of=_H, skip_locked=True)
+    return query
+
+
+_PENDING: Final = {
+    (variant, postgres): _pending_query(variant, postgres)
+    for variant in ("only", "before", "all")
+    for postgres in (False, True)
+}
+_INDEXED: Final = select(_L.c.idx, _L.c.data, _L.c.packet_id).where(
+    _L.c.packet_id.in_(bindparam("ids", expanding=True)),
+    _L.c.leaf_hash.in_(bindparam("leaves", expanding=True)),
+)
+_SET_ACCEPTED: Final = (
+    update(_P).where(_P.c.id == bindparam("b_id")).values(hub_receipt=bindparam("b_receipt"))
+)
+_INSERT_FETCHED: Final = insert(_E).returning(_E.c.id, _E.c.packet_id, _E.c.at)
+_INSERT_MAIL: Final = insert(_M)
+_DONE: Final = delete(_H).where(_H.c.id.in_(bindparam("ids", expanding=True)))
+_ANY_PENDING: Final = select(_H.c.id).limit(1)
 
 
 @dataclass(slots=True)
@@ -82,50 +139,33 @@ async def sign_ready(
     ``accepted_before``: ``accepted`` receipts only when queued before that time (the
     background pass; ``fetched`` ones always).
     """
-    query = (
-        select(
-            HubReceiptPending.id,
-            HubReceiptPending.kind,
-            HubReceiptPending.packet_id,
-            HubReceiptPending.organ,
-            HubReceiptPending.at,
-            HubReceiptPending.event,
-            Packet.envelope_digest,
-            Packet.sender,
-            Packet.urgency,
-        )
-        .join(Packet, Packet.id == HubReceiptPending.packet_id)
-        .order_by(HubReceiptPending.id)
-        .limit(BATCH)
-    )
     if only is not None:
         if not only:
             return Signed()
-        query = query.where(
-            HubReceiptPending.kind == "accepted", HubReceiptPending.packet_id.in_(set(only))
-        )
+        params: dict[str, Any] = {"ids": sorted(set(only))}
+        variant = "only"
     elif accepted_before is not None:
-        query = query.where(
-            or_(HubReceiptPending.kind != "accepted", HubReceiptPending.at < accepted_before)
-        )
-    if postgres:
-        query = query.with_for_update(of=HubReceiptPending, skip_locked=True)
+        params, variant = {"before": accepted_before}, "before"
+    else:
+        params, variant = {}, "all"
     pending = [
         (row_id, kind, bytes(pid), organ, at, bytes(event), bytes(digest), sender, urgency)
         for row_id, kind, pid, organ, at, event, digest, sender, urgency in await session.execute(
-            query
+            _PENDING[variant, postgres], params
         )
     ]
     if not pending:
         return Signed()
     rows = await session.execute(
-        select(LogEntry.idx, LogEntry.data, LogEntry.packet_id).where(
-            LogEntry.packet_id.in_({p[2] for p in pending}),
-            LogEntry.leaf_hash.in_({leaf_hash(p[5]) for p in pending}),
-        )
+        _INDEXED,
+        {
+            "ids": sorted({p[2] for p in pending}),
+            "leaves": sorted({leaf_hash(p[5]) for p in pending}),
+        },
     )
     indexes = {(bytes(pid), bytes(data)): idx for idx, data, pid in rows if pid is not None}
     out = Signed()
+    kid = key.kid
     updates: list[dict[str, Any]] = []
     fetched: list[dict[str, Any]] = []
     about: dict[bytes, tuple[str, int]] = {}
@@ -134,19 +174,17 @@ async def sign_ready(
         index = indexes.get((packet_id, event))
         if index is None:
             continue
-        raw = sign_hub_receipt(
-            HubReceipt(
-                kind=kind,
-                packet_id=packet_id,
-                envelope_digest=digest,
-                organ=organ,
-                at=at,
-                log_index=index,
-            ),
-            key,
+        receipt = HubReceipt(
+            kind=kind,
+            packet_id=packet_id,
+            envelope_digest=digest,
+            organ=organ,
+            at=at,
+            log_index=index,
         )
+        raw = sign_hub_receipt(receipt, key)
         if kind == "accepted":
-            updates.append({"id": packet_id, "hub_receipt": raw})
+            updates.append({"b_id": packet_id, "b_receipt": raw})
             out.accepted[packet_id] = raw
         else:
             about[packet_id] = (sender, urgency)
@@ -160,7 +198,9 @@ async def sign_ready(
                     "received_at": at,
                     "signer": HUB_SIGNER,
                     "receipt": raw,
-                    "digest": parse_hub_receipt(raw).digest,
+                    # The receipt's digest is SHA-256 of its body, the deterministic
+                    # encoding of these fields: no need to parse back what we just signed.
+                    "digest": hashlib.sha256(encode(receipt.to_cbor(kid))).digest(),
                 }
             )
         done.append(row_id)
@@ -169,14 +209,9 @@ async def sign_ready(
         return Signed()
     # Bulk statements: one round trip for a whole batch of receipts, not one per row.
     if updates:
-        await session.execute(update(Packet).execution_options(synchronize_session=False), updates)
+        await session.execute(_SET_ACCEPTED, updates)
     if fetched:
-        inserted = await session.execute(
-            insert(DeliveryEvent).returning(
-                DeliveryEvent.id, DeliveryEvent.packet_id, DeliveryEvent.at
-            ),
-            fetched,
-        )
+        inserted = await session.execute(_INSERT_FETCHED, fetched)
         mail = []
         for event_id, packet_id, at in inserted:
             sender, urgency = about[bytes(packet_id)]
@@ -191,8 +226,8 @@ async def sign_ready(
                 }
             )
             out.wake.add(sender)
-        await session.execute(insert(MailboxItem), mail)
-    await session.execute(delete(HubReceiptPending).where(HubReceiptPending.id.in_(done)))
+        await session.execute(_INSERT_MAIL, mail)
+    await session.execute(_DONE, {"ids": done})
     if out.wake:
         await notifier.publish(session, out.wake)
     return out
@@ -255,7 +290,7 @@ class ReceiptSigner:
                 self._postgres,
                 accepted_before=now() - LEFT_OVER,
             )
-            remaining = await session.scalar(select(HubReceiptPending.id).limit(1))
+            remaining = await session.scalar(_ANY_PENDING)
         self._notifier.wake(signed.wake)
         self._hand_over(signed.accepted)
         return len(signed.packet_ids), remaining is not None

@@ -27,7 +27,6 @@ process) and re-reading the mailbox every :data:`RECHECK` seconds regardless.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import uuid
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from .blobs import BlobStore
 from .clock import now
 from .deliveries import INLINE_BODY_MAX, record_fetches
 from .logs import get_logger
-from .mailcache import Encoded
+from .mailcache import B64, Encoded
 from .models import DeliveryEvent, MailboxItem, Packet
 
 if TYPE_CHECKING:
@@ -59,8 +58,8 @@ ACK_MAX: Final = 5000
 log = get_logger("hub.mailbox")
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def _b64(data: bytes) -> B64:
+    return B64.of(data)
 
 
 def inline(size: int, deleted_at: int | None) -> bool:

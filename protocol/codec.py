@@ -43,7 +43,70 @@ DEFAULT_MAX_DEPTH: Final = 8
 def encode(value: Any) -> bytes:
     """Deterministic CBOR encoding of ``value`` (RFC 8949 §4.2.1)."""
     _check_encodable(value, 0)
-    return cbor2.dumps(value, canonical=True)
+    # cbor2's canonical mode sorts every map's keys on every call, which costs more than
+    # the rest of the encoding; the plain encoding of the value with each map's keys put
+    # in canonical order (orders remembered per key sequence) is the same bytes.
+    ordered = _in_key_order(value)
+    if ordered is _UNORDERED:
+        return cbor2.dumps(value, canonical=True)
+    return cbor2.dumps(ordered)
+
+
+#: :func:`_in_key_order` found something it does not reorder (a subclass of a protocol
+#: type, a key order it could not settle): encode with cbor2's canonical mode.
+_UNORDERED: Final = object()
+#: Key sequence -> the same keys in canonical order; bounded like the decoder's set.
+_KEY_ORDER_OF: Final[dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+
+
+def _in_key_order(value: Any) -> Any:
+    """``value`` with each map's keys in canonical order (the same object if they are)."""
+    kind = type(value)
+    if kind in _LEAVES or kind is int:
+        return value
+    if kind is dict:
+        keys = tuple(value)
+        order = keys if len(keys) < 2 else _KEY_ORDER_OF.get(keys) or _key_order(keys)
+        if order is None:
+            return _UNORDERED
+        out = {}
+        same = order == keys
+        for key in order:
+            item = value[key]
+            new = item if type(item) in _LEAVES else _in_key_order(item)
+            if new is _UNORDERED:
+                return _UNORDERED
+            same = same and new is item
+            out[key] = new
+        return value if same else out
+    if kind is list or kind is tuple:
+        items = []
+        same = True
+        for item in value:
+            new = item if type(item) in _LEAVES else _in_key_order(item)
+            if new is _UNORDERED:
+                return _UNORDERED
+            same = same and new is item
+            items.append(new)
+        return value if same else items
+    return _UNORDERED
+
+
+def _key_order(keys: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The canonical order of these keys as cbor2 sorts them (checked), or None."""
+    if not all(type(k) is str or type(k) is int for k in keys):
+        return None
+    encoded = {k: cbor2.dumps(k) for k in keys}
+    order = tuple(sorted(keys, key=lambda k: (len(encoded[k]), encoded[k])))
+    if cbor2.dumps(dict.fromkeys(order)) != cbor2.dumps(dict.fromkeys(keys), canonical=True):
+        return None
+    if (
+        len(_KEY_ORDER_OF) < _KEY_ORDERS_MAX
+        and len(keys) <= _KEY_ORDER_KEYS_MAX
+        and all(type(k) is int or len(k) <= _KEY_ORDER_KEY_LEN_MAX for k in keys)
+    ):
+        _KEY_ORDER_OF[keys] = order
+    return order
 
 
 #: Leaf types, compared exactly (``type(x) in``: a bool is not taken for an int, and the
@@ -165,10 +228,42 @@ def decode(
         raise RemoteError("cbor_malformed", type(exc).__name__) from None
     if stream.tell() != len(data):
         raise RemoteError("cbor_malformed", f"{len(data) - stream.tell()} trailing bytes")
-    _check_decoded(value, 0, max_depth)
-    if cbor2.dumps(value, canonical=True) != data:
+    key_orders: list[tuple[Any, ...]] = []
+    _check_decoded(value, 0, max_depth, key_orders)
+    # The canonical re-encoding in two parts (cbor2's canonical mode sorts every map's
+    # keys, which costs more than the rest of the decoding): each map's keys must be in
+    # canonical order -- decoded maps keep the order of the input -- and the plain
+    # encoding, which keeps that order, must give back the same bytes.
+    for keys in key_orders:
+        _check_key_order(keys)
+    if cbor2.dumps(value) != data:
         raise RemoteError("cbor_not_canonical")
     return value
+
+
+#: Key sequences of maps already found in canonical order (the protocol's maps have a few
+#: fixed sets of keys).  Bounded, and only short sequences of short keys are remembered:
+#: input that fills it only makes later maps take the slower check.
+_CANONICAL_KEY_ORDERS: Final[set[tuple[Any, ...]]] = set()
+_KEY_ORDERS_MAX: Final = 1024
+_KEY_ORDER_KEYS_MAX: Final = 32
+_KEY_ORDER_KEY_LEN_MAX: Final = 64
+
+
+def _check_key_order(keys: tuple[Any, ...]) -> None:
+    if keys in _CANONICAL_KEY_ORDERS:
+        return
+    # cbor2 decides the order: its canonical encoding of a map with these keys (in this
+    # order) is the plain encoding exactly when the keys are already sorted.
+    probe = dict.fromkeys(keys)
+    if cbor2.dumps(probe, canonical=True) != cbor2.dumps(probe):
+        raise RemoteError("cbor_not_canonical", "map keys are not in canonical order")
+    if (
+        len(_CANONICAL_KEY_ORDERS) < _KEY_ORDERS_MAX
+        and len(keys) <= _KEY_ORDER_KEYS_MAX
+        and all(type(k) is int or len(k) <= _KEY_ORDER_KEY_LEN_MAX for k in keys)
+    ):
+        _CANONICAL_KEY_ORDERS.add(keys)
 
 
 def _classify(exc: cbor2.CBORDecodeError) -> RemoteError:
@@ -183,7 +278,10 @@ def _classify(exc: cbor2.CBORDecodeError) -> RemoteError:
     return RemoteError("cbor_malformed", text[:200])
 
 
-def _check_decoded(value: Any, depth: int, max_depth: int) -> None:
+def _check_decoded(
+    value: Any, depth: int, max_depth: int, key_orders: list[tuple[Any, ...]]
+) -> None:
+    """Check the types and the depth; collect the key sequence of each map of 2+ keys."""
     if depth > max_depth:
         raise RemoteError("cbor_too_deep")
     kind = type(value)
@@ -194,7 +292,7 @@ def _check_decoded(value: Any, depth: int, max_depth: int) -> None:
             t = type(item)
             if (t in _LEAVES or t is int) and depth < max_depth:
                 continue
-            _check_decoded(item, depth + 1, max_depth)
+            _check_decoded(item, depth + 1, max_depth, key_orders)
         return
     if kind is dict:
         for key, item in value.items():
@@ -203,7 +301,9 @@ def _check_decoded(value: Any, depth: int, max_depth: int) -> None:
             t = type(item)
             if (t in _LEAVES or t is int) and depth < max_depth:
                 continue
-            _check_decoded(item, depth + 1, max_depth)
+            _check_decoded(item, depth + 1, max_depth, key_orders)
+        if len(value) > 1:
+            key_orders.append(tuple(value))
         return
     raise RemoteError("cbor_type_unsupported", f"{type(value).__name__} values are not allowed")
 

@@ -8,6 +8,7 @@ from protocol.errors import RemoteError
 
 from .. import mailbox
 from ..context import hub_of
+from ..mailcache import to_json
 from .common import int_query, json_response, read_json, require
 
 routes = web.RouteTableDef()
@@ -22,7 +23,7 @@ async def poll(request: web.Request) -> web.Response:
     limit_max = hub.settings.mailbox_limit_max
     limit = int_query(request, "limit", min(100, limit_max), 1, limit_max)
     items = await mailbox.long_poll(hub, caller.organ, wait, limit)
-    return json_response({"items": items})
+    return web.json_response(text=to_json({"items": items}))
 
 
 @routes.post("/v1/mailbox/ack")

@@ -4,7 +4,9 @@ the bearer-token cache and the mailbox's encoded-packet cache."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -12,17 +14,22 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from hub import mailbox as hub_mailbox
 from hub.app import create_app
 from hub.context import HUB
 from hub.deliveries import INLINE_BODY_MAX
-from hub.mailcache import Encoded, ItemCache
-from hub.models import Packet
+from hub.mailcache import B64, Encoded, ItemCache, to_json
+from hub.models import DeliveryEvent, Packet
 from hub.sessions import TokenCache, TokenRow
 from protocol.packet import parse_envelope
-from protocol.receipts import OfficeReceipt, sign_office_receipt, verify_hub_receipt
+from protocol.receipts import (
+    OfficeReceipt,
+    parse_hub_receipt,
+    sign_office_receipt,
+    verify_hub_receipt,
+)
 
 from .conftest import hub_settings
 from .helpers import (
@@ -98,6 +105,18 @@ async def test_small_body_inline_fetched_once_on_ack(hub_env: HubEnv) -> None:
     hub_pub = env.keys.hub.public_key()
     for i in relayed:
         verify_hub_receipt(unb64(i["receipt"]), hub_pub, envelope=parsed, kind="fetched")
+    # The stored digest of each hub receipt (computed, not parsed back) is its body's.
+    async with env.hub.sessions() as session:
+        stored = (
+            await session.execute(
+                select(DeliveryEvent.receipt, DeliveryEvent.digest).where(
+                    DeliveryEvent.source == "hub"
+                )
+            )
+        ).all()
+    assert len(stored) == 2
+    for raw, digest in stored:
+        assert bytes(digest) == parse_hub_receipt(bytes(raw)).digest
     doc = await _status(env, w.province, answer["packet_id"])
     for r in doc["recipients"]:
         assert [h["status"] for h in r["history"]] == ["fetched"]
@@ -313,7 +332,7 @@ async def test_fan_out_reads_the_envelope_once(hub_env: HubEnv) -> None:
 
 
 def _encoded(n: int) -> Encoded:
-    return Encoded(envelope="e" * n, envelope_size=n, body=None)
+    return Encoded(envelope=B64("e" * n), envelope_size=n, body=None)
 
 
 @pytest.mark.asyncio
@@ -402,3 +421,23 @@ def test_token_cache() -> None:
         TokenRow("x", b"k", "office", 10, None, 100).caller(10)
     with pytest.raises(Exception, match="revoked"):
         TokenRow("x", b"k", "office", 100, 5, 100).caller(10)
+
+
+def test_answer_json_is_the_standard_encoding() -> None:
+    """Base64 text is copied as it is; everything else is escaped as json.dumps does."""
+    doc = {
+        "items": [
+            {
+                "id": 1,
+                "envelope": B64.of(os.urandom(100)),
+                "body": {"size": 3, "data": B64.of(b'\x00\xff"x'), "url": None},
+                "organ": 'H\u1ed3ng "q" \\ \n\t\x01',
+                "flags": [True, False, None, -5, "\u00e9"],
+            },
+            {"id": 2, "empty": {}, "none": []},
+        ],
+        'k"ey': "v",
+    }
+    assert to_json(doc) == json.dumps(doc)
+    assert json.loads(to_json(doc)) == doc
+    assert B64.of(b"\xfb\xff") == base64.b64encode(b"\xfb\xff").decode()

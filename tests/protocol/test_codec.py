@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol import codec
 from protocol.codec import (
     DEFAULT_MAX_DEPTH,
     Fields,
@@ -201,6 +202,68 @@ def test_non_shortest_forms(data: str) -> None:
 )
 def test_unsorted_map_keys(data: str) -> None:
     assert _code(h(data)) == "cbor_not_canonical"
+
+
+def test_key_order_checked_after_the_same_keys_were_seen_sorted() -> None:
+    """The remembered canonical key sequences never admit another order of the same keys."""
+    sorted_map = {"a": 1, "b": 2, "cc": 3}
+    assert decode(encode(sorted_map)) == sorted_map
+    assert ("a", "b", "cc") in codec._CANONICAL_KEY_ORDERS
+    for order in (("b", "a", "cc"), ("cc", "a", "b"), ("a", "cc", "b")):
+        data = cbor2.dumps({k: sorted_map[k] for k in order})
+        assert _code(data) == "cbor_not_canonical"
+        assert _code(cbor2.dumps([{k: sorted_map[k] for k in order}])) == "cbor_not_canonical"
+    # Mixed keys: integers first (non-negative, then negative), then text, as cbor2 sorts.
+    assert decode(h("a3 01 00 20 00 6161 00")) == {1: 0, -1: 0, "a": 0}
+    assert _code(h("a3 20 00 01 00 6161 00")) == "cbor_not_canonical"
+    assert _code(h("a3 6161 00 01 00 20 00")) == "cbor_not_canonical"
+
+
+def test_encode_puts_keys_in_canonical_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Maps built in any key order encode as cbor2's canonical mode does, also once the
+    order of their keys is remembered, and the caller's value is left as it was."""
+    monkeypatch.setattr(codec, "_KEY_ORDER_OF", {})
+    value = {
+        "sig": {"mldsa65": b"m", "ed25519": b"e"},
+        "body": [{"zz": 1, "a": 2}, ({"b": 3, 1000: 4, -1: 5, 2: 6},)],
+        "": None,
+    }
+    snapshot = repr(value)
+    for _ in range(2):
+        assert encode(value) == cbor2.dumps(value, canonical=True)
+        assert repr(value) == snapshot
+    assert ("sig", "body", "") in codec._KEY_ORDER_OF
+    # Already in order: the same bytes as the plain encoding.
+    assert encode({"a": 1, "bb": 2}) == cbor2.dumps({"a": 1, "bb": 2})
+
+    class Key(enum.IntEnum):
+        ONE = 1
+
+    class Map(dict[str, int]):
+        pass
+
+    for odd in ({Key.ONE: 0, 0: 1}, [Map(b=1, a=2)], {"x": Key.ONE, "a": 0}):
+        assert encode(odd) == cbor2.dumps(odd, canonical=True)
+    for i in range(codec._KEY_ORDERS_MAX + 10):
+        assert encode({f"x{i}": 2, "a": 1}) == cbor2.dumps({"a": 1, f"x{i}": 2})
+    assert len(codec._KEY_ORDER_OF) == codec._KEY_ORDERS_MAX
+    many = {f"k{i:03d}": i for i in reversed(range(40))}
+    assert encode(many) == cbor2.dumps(many, canonical=True)
+
+
+def test_key_orders_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "_CANONICAL_KEY_ORDERS", set())
+    many = {f"k{i:03d}": i for i in range(40)}  # more keys than are remembered
+    assert decode(encode(many)) == many
+    long_key = {"a": 1, "b" * 100: 2}
+    assert decode(encode(long_key)) == long_key
+    assert not codec._CANONICAL_KEY_ORDERS
+    shuffled = dict(reversed(list(many.items())))
+    assert _code(cbor2.dumps(shuffled)) == "cbor_not_canonical"
+    for i in range(codec._KEY_ORDERS_MAX + 10):
+        decode(encode({"a": 1, f"x{i}": 2}))
+    assert len(codec._CANONICAL_KEY_ORDERS) == codec._KEY_ORDERS_MAX
+    assert _code(h("a2 6162 01 6161 02")) == "cbor_not_canonical"  # still checked when full
 
 
 @pytest.mark.parametrize(
