@@ -140,8 +140,8 @@ class Tree:
         return self._parents.get(code)
 
 
-_ANCESTORS = text(
-    """
+#: ``codes`` and their ancestors, at most ``depth`` levels up.
+_UP: Final = """
     WITH RECURSIVE up(code, parent, depth) AS (
         SELECT code, parent, 0 FROM organs WHERE code IN :codes
         UNION
@@ -149,6 +149,11 @@ _ANCESTORS = text(
         FROM organs o JOIN up ON o.code = up.parent
         WHERE up.depth < :depth
     )
+"""
+
+_ANCESTORS = text(
+    _UP  # noqa: S608 - constant SQL, parameters are bound
+    + """
     SELECT DISTINCT code, parent FROM up
     """
 ).bindparams(bindparam("codes", expanding=True))
@@ -168,14 +173,8 @@ async def tree_around(session: AsyncSession, codes: Iterable[str]) -> Tree:
 
 
 _AROUND = text(
-    """
-    WITH RECURSIVE up(code, parent, depth) AS (
-        SELECT code, parent, 0 FROM organs WHERE code IN :codes
-        UNION
-        SELECT o.code, o.parent, up.depth + 1
-        FROM organs o JOIN up ON o.code = up.parent
-        WHERE up.depth < :depth
-    )
+    _UP  # noqa: S608 - constant SQL, parameters are bound
+    + """
     SELECT organs.code, organs.parent, organs.entry FROM organs
     WHERE organs.code IN (SELECT code FROM up)
     """
