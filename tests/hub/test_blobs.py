@@ -149,3 +149,28 @@ async def test_a_cancelled_write_stream_returns_only_once_no_write_runs(tmp_path
     assert len(ended) == 1
     writer.abort()
     assert _temp(store) == []
+
+
+@pytest.mark.parametrize("count", [1, blobs.SYNCFS_FROM - 1, blobs.SYNCFS_FROM, 25])
+def test_put_many_stores_every_blob_durably(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """A few blobs: an fsync each; from SYNCFS_FROM on: one syncfs before and after renaming."""
+    store = BlobStore(tmp_path / "blobs")
+    flushes: list[str] = []
+    real_syncfs = store._syncfs
+    monkeypatch.setattr(store, "_syncfs", lambda: (flushes.append("syncfs"), real_syncfs()))
+    real_fsync = os.fsync
+    monkeypatch.setattr(blobs.os, "fsync", lambda fd: (flushes.append("fsync"), real_fsync(fd)))
+    items = [(f"văn bản {i}".encode() * 100, b"") for i in range(count)]
+    items = [(data, hashlib.sha256(data).digest()) for data, _ in items]
+    store.put_many(items)
+    for data, digest in items:
+        with store.open(digest) as fh:
+            assert fh.read() == data
+    assert _temp(store) == []
+    if blobs._SYNCFS is not None and count >= blobs.SYNCFS_FROM:
+        assert flushes == ["syncfs", "syncfs"]
+    else:
+        assert flushes.count("fsync") == 2 * count  # the file, then its directory
+        assert "syncfs" not in flushes
