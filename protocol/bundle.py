@@ -60,6 +60,7 @@ from .checkpoint import (
     NoteSigner,
     NoteVerifier,
     open_checkpoint,
+    valid_key_name,
     verify_cosignatures,
 )
 from .codec import Fields, decode, encode
@@ -128,7 +129,13 @@ def log_signer(key: SigningPrivateKey, origin: str) -> NoteSigner:
 
 
 def log_verifier(key: SigningPublicKey, origin: str) -> NoteVerifier:
-    """The log's checkpoint verifier, from the hub's public signing key."""
+    """The log's checkpoint verifier, from the hub's public signing key.
+
+    ``origin`` may come from what a peer sent (a proof, a note): one that cannot be a key
+    name is a remote error.
+    """
+    if not valid_key_name(origin):
+        raise RemoteError("field_invalid", "the log's origin is not a valid key name")
     return NoteVerifier(origin, _ed25519_public(key))
 
 

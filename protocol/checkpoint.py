@@ -110,7 +110,7 @@ def _b64encode(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _valid_key_name(name: str) -> bool:
+def valid_key_name(name: str) -> bool:
     """Key names are non-empty, without Unicode spaces or '+' (signed-note §Format)."""
     if not name or "+" in name or any(c.isspace() or c < " " for c in name):
         return False
@@ -248,7 +248,7 @@ def _parse_signature_line(line: bytes) -> NoteSignature:
     if not line.startswith(_SIG_PREFIX):
         raise _malformed("signature line does not start with an em dash and a space")
     name, sep, encoded = line[len(_SIG_PREFIX) :].decode("utf-8").partition(" ")
-    if not sep or not _valid_key_name(name):
+    if not sep or not valid_key_name(name):
         raise _malformed("signature line has an invalid key name")
     raw = _b64decode(encoded)
     if raw is None or len(raw) <= _KEY_HASH_SIZE:
@@ -268,7 +268,7 @@ def _parse_key_string(parts: list[str], sig_type: int, what: str) -> tuple[str, 
     if len(parts) != 3:
         raise _key_invalid(f"{what} is not <name>+<key ID>+<key>")
     name, hash_hex, key_b64 = parts
-    if not _valid_key_name(name):
+    if not valid_key_name(name):
         raise _key_invalid(f"{what} has an invalid key name")
     if _HEX_KEY_HASH.fullmatch(hash_hex) is None:
         raise _key_invalid(f"{what} key ID is not 8 hex digits")
@@ -287,7 +287,7 @@ class _Verifier:
     __slots__ = ("_raw", "key_hash", "name", "public_key")
 
     def __init__(self, name: str, public_key: Ed25519PublicKey) -> None:
-        if not _valid_key_name(name):
+        if not valid_key_name(name):
             raise LocalError(f"invalid key name {name!r}")
         self.name = name
         self.public_key = public_key
@@ -336,7 +336,7 @@ class _Signer:
     __slots__ = ("_private_key", "_public_raw", "key_hash", "name")
 
     def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
-        if not _valid_key_name(name):
+        if not valid_key_name(name):
             raise LocalError(f"invalid key name {name!r}")
         self.name = name
         self._private_key = private_key

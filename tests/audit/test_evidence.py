@@ -96,3 +96,16 @@ def test_a_bare_bundle_with_any_byte_changed_is_refused() -> None:
                 continue
             accepted.append((position, flip))
     assert accepted == [], f"changed bytes accepted at {accepted[:10]}"
+
+
+@pytest.mark.parametrize("origin", ["lient+ong.hub/lienthong", "lienthong.hub/tên có dấu cách", ""])
+def test_an_origin_that_cannot_name_a_key_is_refused(origin: str) -> None:
+    """Found by fuzz_audit_proof: such an origin raised a LocalError, not a RemoteError."""
+    from protocol.codec import decode, encode
+
+    log = build()
+    doc = decode(proof(log, log.note(log.province)), max_size=1 << 24, max_depth=4)
+    doc["origin"] = origin
+    with pytest.raises(RemoteError) as info:
+        verify_proof(encode(doc))
+    assert info.value.code in ("field_invalid", "text_invalid")
