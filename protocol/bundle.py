@@ -47,7 +47,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -201,21 +201,27 @@ def _parse(data: bytes) -> tuple[bytes, bytes, list[BundleEvent]]:
     f.done()
     if not items:
         raise RemoteError("field_invalid", "bundle.events is empty")
+    events = parse_indexed_entries(items, "bundle.events")
+    return packet_id, note, events
+
+
+def parse_indexed_entries(items: list[Any], where: str) -> list[BundleEvent]:
+    """``[{index, entry, proof}]``: log entries with their inclusion paths, indexes rising."""
     events: list[BundleEvent] = []
     previous = -1
     for n, item in enumerate(items):
-        e = Fields(item, f"bundle.events[{n}]")
+        e = Fields(item, f"{where}[{n}]")
         index = e.integer("index")
         entry = e.blob("entry", max_size=ENTRY_MAX)
         proof = e.array("proof", max_items=_MAX_PROOF)
         e.done()
         if not all(isinstance(h, bytes) and len(h) == HASH_SIZE for h in proof):
-            raise RemoteError("field_invalid", f"bundle.events[{n}].proof must be 32-byte hashes")
+            raise RemoteError("field_invalid", f"{where}[{n}].proof must be 32-byte hashes")
         if index <= previous:
-            raise RemoteError("field_invalid", "bundle.events indexes must strictly increase")
+            raise RemoteError("field_invalid", f"{where} indexes must strictly increase")
         previous = index
         events.append(BundleEvent(index, entry, tuple(proof)))
-    return packet_id, note, events
+    return events
 
 
 def open_bundle(

@@ -43,13 +43,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .audit import ENTRY_MAX, Event, parse_event
+from .audit import Event, parse_event
 from .bundle import (
     BUNDLE_MAX,
     BundleEvent,
     OpenedBundle,
     log_verifier,
     open_bundle,
+    parse_indexed_entries,
     witness_name,
     witness_verifier,
 )
@@ -58,7 +59,7 @@ from .codec import Fields, decode, encode
 from .directory import DirectoryEntry, verify_entry
 from .errors import RemoteError
 from .keys import SIGNING_ALGS, SigningPublicKey
-from .merkle import HASH_SIZE, leaf_hash, verify_inclusion
+from .merkle import leaf_hash, verify_inclusion
 from .packet import ENVELOPE_MAX, Envelope, parse_envelope
 from .receipts import parse_office_receipt, verify_office_receipt
 
@@ -77,7 +78,6 @@ __all__ = [
 PROOF_VERSION: Final = 1
 PROOF_TYPE: Final = "lienthong-audit-proof"
 _MAX_DIRECTORY: Final = 10_000
-_MAX_PROOF: Final = 64
 _WITNESS_PREFIX: Final = witness_name("")
 
 
@@ -163,20 +163,7 @@ def _parse(data: bytes) -> AuditProof:
     if envelope is not None and (not isinstance(envelope, bytes) or len(envelope) > ENVELOPE_MAX):
         raise RemoteError("field_invalid", "proof.envelope must be envelope bytes")
     f.done()
-    events: list[BundleEvent] = []
-    previous = -1
-    for n, item in enumerate(items):
-        e = Fields(item, f"proof.directory[{n}]")
-        index = e.integer("index")
-        entry = e.blob("entry", max_size=ENTRY_MAX)
-        path = e.array("proof", max_items=_MAX_PROOF)
-        e.done()
-        if not all(isinstance(h, bytes) and len(h) == HASH_SIZE for h in path):
-            raise RemoteError("field_invalid", f"proof.directory[{n}].proof must be hashes")
-        if index <= previous:
-            raise RemoteError("field_invalid", "proof.directory indexes must strictly increase")
-        previous = index
-        events.append(BundleEvent(index, entry, tuple(path)))
+    events = parse_indexed_entries(items, "proof.directory")
     return AuditProof(origin, hub_key, authority, bundle, tuple(events), envelope)
 
 

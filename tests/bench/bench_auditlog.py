@@ -43,9 +43,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from sqlalchemy import insert, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.auditlog import store
 from hub.auditlog.app import setup_auditlog
@@ -57,10 +56,8 @@ from hub.logs import configure_logging
 from hub.migrate import upgrade
 from protocol.audit import encode_event
 from protocol.keys import SigningPrivateKey
+from tests.bench.common import create_database, drop_database
 
-ADMIN_URL = os.environ.get(
-    "LIENTHONG_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 ENTRIES = int(os.environ.get("LIENTHONG_BENCH_LOG_ENTRIES", "100000"))
 SAMPLES = int(os.environ.get("LIENTHONG_BENCH_SAMPLES", "2000"))
 ORIGIN = "lienthong.hub/bench"
@@ -137,27 +134,6 @@ def _events(count: int, rng: random.Random) -> tuple[list[dict[str, Any]], list[
         else:
             active[slot] = (pid, digest, step + 1)
     return rows, packets
-
-
-async def _create_database() -> tuple[str, str]:
-    admin_url = make_url(ADMIN_URL)
-    name = f"lt_bench_auditlog_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        await admin.dispose()
-    return name, admin_url.set(database=name).render_as_string(hide_password=False)
-
-
-async def _drop_database(name: str) -> None:
-    admin = create_async_engine(make_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
 
 
 async def _fill(engine: AsyncEngine, seq: Sequencer) -> tuple[list[bytes], dict[str, Any]]:
@@ -283,7 +259,7 @@ async def _measure(engine: AsyncEngine, size: int, packets: list[bytes]) -> dict
 
 async def main() -> dict[str, Any]:
     load_before = os.getloadavg()
-    name, url = await _create_database()
+    name, url = await create_database("lt_bench_auditlog")
     try:
         engine = make_engine(url)
         try:
@@ -297,7 +273,7 @@ async def main() -> dict[str, Any]:
         finally:
             await engine.dispose()
     finally:
-        await _drop_database(name)
+        await drop_database(name)
     inc, cons, bun = measured["inclusion_ms"], measured["consistency_ms"], measured["bundle_ms"]
     return {
         "benchmark": "auditlog",

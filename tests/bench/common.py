@@ -25,16 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests import databases
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HUB_EXE = str(BIN / "lienthong-hub")
-ADMIN_URL = os.environ.get(
-    "LIENTHONG_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 KIB = 1024
 MIB = 1024 * 1024
 SUBJECT = "Kế hoạch tổ chức Hội nghị tổng kết công tác văn phòng cấp ủy năm 2025"
@@ -265,24 +262,12 @@ def run_workers(
 
 async def create_database(prefix: str) -> tuple[str, str]:
     """A fresh database on the test server: (name, SQLAlchemy URL)."""
-    admin_url = make_url(ADMIN_URL)
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        await admin.dispose()
-    return name, admin_url.set(database=name).render_as_string(hide_password=False)
+    return name, await databases.create_database(name)
 
 
 async def drop_database(name: str) -> None:
-    admin = create_async_engine(make_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    await databases.drop_database(name)
 
 
 @contextlib.contextmanager

@@ -116,9 +116,15 @@ class Hub:
 
     def start(self, port: int = 0, timeout: float = 60, **settings: str) -> Hub:
         """Serve on ``port`` (0: a free one); ``settings`` become LIENTHONG_<NAME> variables."""
+        return self._serve(["--port", str(port)], timeout, settings)
+
+    def _on_line(self, line: dict[str, Any]) -> None:
+        """Each log line the hub writes, as it comes (subclasses read more of them)."""
+
+    def _serve(self, args: list[str], timeout: float, settings: dict[str, str]) -> Hub:
         env = clean_env(**{f"LIENTHONG_{k.upper()}": v for k, v in settings.items()})
         self.proc = subprocess.Popen(
-            [HUB_EXE, "serve", "--data", str(self.data), "--port", str(port)],
+            [HUB_EXE, "serve", "--data", str(self.data), *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
@@ -135,6 +141,7 @@ class Hub:
                 except ValueError:
                     line = {"event": "text", "text": raw.decode(errors="replace")}
                 self.lines.append(line)
+                self._on_line(line)
                 if line.get("event") == "listening":
                     self.port = int(line["port"])
                     self.scheme = str(line.get("scheme") or "http")

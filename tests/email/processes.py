@@ -9,12 +9,10 @@ in the test process, delivering into Dovecot by IMAP APPEND), offices initialise
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import HUB_EXE, Hub, Node, clean_env
+from tests.e2e.harness import Hub, Node
 
 GATEWAY = "lienthong@hub.lienthong.test"
 
@@ -46,39 +44,14 @@ class MailHub(Hub):
         return self
 
     def start(self, port: int = 0, timeout: float = 60, **settings: str) -> MailHub:
-        env = clean_env(**{f"LIENTHONG_{k.upper()}": v for k, v in settings.items()})
         smtp = str(self.smtp_port)  # again on the same port after a restart
-        self.proc = subprocess.Popen(
-            [HUB_EXE, "serve", "--data", str(self.data), "--port", str(port), "--smtp-port", smtp],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
-        ready = threading.Event()
-        proc = self.proc
-
-        def read() -> None:
-            assert proc.stderr is not None
-            for raw in proc.stderr:
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    line = {"event": "text", "text": raw.decode(errors="replace")}
-                self.lines.append(line)
-                if line.get("event") == "smtp_listening":
-                    self.smtp_port = int(line["port"])
-                if line.get("event") == "listening":
-                    self.port = int(line["port"])
-                    ready.set()
-            ready.set()
-
-        self._reader = threading.Thread(target=read, daemon=True)
-        self._reader.start()
-        assert ready.wait(timeout), f"the hub did not start: {self.lines[-5:]}"
-        assert self.port, f"the hub did not start: {self.lines[-5:]}"
+        self._serve(["--port", str(port), "--smtp-port", smtp], timeout, settings)
         assert self.smtp_port, f"the gateway did not start: {self.lines[-5:]}"
         return self
+
+    def _on_line(self, line: dict[str, Any]) -> None:
+        if line.get("event") == "smtp_listening":
+            self.smtp_port = int(line["port"])
 
     def token_for_email(
         self,

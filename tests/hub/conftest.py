@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -24,34 +23,23 @@ from typing import Any, TypeVar
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from hub.app import create_app
 from hub.db import Base, make_engine
 from hub.hubkeys import create_keys
 from hub.migrate import upgrade
 from hub.settings import load_settings
+from tests.databases import create_database, drop_database
 
 from .helpers import HubEnv
 
-ADMIN_URL = os.environ.get(
-    "LIENTHONG_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 BACKENDS = ("sqlite", "postgresql")
 T = TypeVar("T")
 
 
 async def create_pg(name: str) -> str:
-    admin_url = make_url(ADMIN_URL)
-    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        await admin.dispose()
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    """A fresh database migrated to head; returns its URL."""
+    url = await create_database(name)
     engine = make_engine(url)
     try:
         await upgrade(engine)
@@ -61,12 +49,7 @@ async def create_pg(name: str) -> str:
 
 
 async def drop_pg(name: str) -> None:
-    admin = create_async_engine(make_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    await drop_database(name)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

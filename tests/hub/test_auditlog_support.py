@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.auditlog import append_event
 from hub.auditlog.models import LOG_TABLES
 from hub.db import Base, make_engine, make_sessionmaker
+from tests.databases import create_database, drop_database
 
-ADMIN_URL = os.environ.get(
-    "LIENTHONG_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 BACKENDS = ("sqlite", "postgresql")
 T = TypeVar("T")
 
@@ -38,23 +33,14 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def _admin(sql: str) -> None:
-    admin = create_async_engine(make_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await admin.dispose()
-
-
 def module_database() -> Iterator[str]:
     """A PostgreSQL database for one test module: yields its URL, drops it afterwards."""
     name = f"lt_auditlog_{uuid.uuid4().hex[:16]}"
-    _run(_admin(f'CREATE DATABASE "{name}"'))
+    url = _run(create_database(name))
     try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        _run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _run(drop_database(name))
 
 
 async def reset_log_tables(url: str) -> None:
