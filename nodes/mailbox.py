@@ -146,8 +146,8 @@ class Mailbox(AgentCore):
             def metadata(files: list[dict[str, Any]]) -> dict[str, Any]:
                 return self._metadata_doc(env, sender.name, meta, files, received_at)
 
-            await self._inline_body(item, env, part)  # then _fetch_body downloads nothing
-            listing = await self._fetch_body(opener, part, pid, metadata)
+            inline = inline_body(item, env.body_info)
+            listing = await self._fetch_body(opener, part, pid, metadata, inline)
         except RemoteError as exc:
             part.unlink(missing_ok=True)
             self._refuse(pid, env, exc, report, sender_name=sender_name)
@@ -182,34 +182,31 @@ class Mailbox(AgentCore):
         self.report.event("sync.received", packet=pid, sender=sender_name, subject=meta.subject)
         return True
 
-    async def _inline_body(self, item: Mapping[str, Any], env: Envelope, part: Path) -> bool:
-        """Write the body the item carries inline (small bodies) to ``part``, checked like a
-        download (:func:`nodes.client.inline_body`); False when there is none to use."""
-        data = inline_body(item, env.body_info)
-        if data is None:
-            return False
-        await asyncio.to_thread(part.write_bytes, data)
-        return True
-
     async def _fetch_body(
         self,
         opener: Opener,
         part: Path,
         pid: str,
         metadata: Callable[[list[dict[str, Any]]], Mapping[str, Any]],
+        inline: bytes | None = None,
     ) -> list[dict[str, Any]]:
         """Download the body into ``part`` while opening it; publish ``inbox/<pid>``.
 
         One pass over the body (:class:`transfer.BodyReceiver`): the download resumes
         from what ``part`` holds, the plaintext waits in a private work folder until every
         check passed.  A refused body leaves nothing (:class:`RemoteError`); a broken
-        connection keeps ``part`` for the next attempt.
+        connection keeps ``part`` for the next attempt.  A body the mailbox item carried
+        (``inline``, already checked by :func:`nodes.client.inline_body`) is fed to the
+        same receiver instead of being downloaded.
         """
         info = opener.envelope.body_info
         receiver = transfer.BodyReceiver(opener, part, self.home.tmp / f"{pid}.open")
         try:
-            with self._progress("download", info.size) as progress:
-                await until_stopped(download_into(self.client, receiver, progress), self._stop)
+            if inline is not None:
+                await _in_thread(_take_inline, receiver, inline)
+            else:
+                with self._progress("download", info.size) as progress:
+                    await until_stopped(download_into(self.client, receiver, progress), self._stop)
             return await _in_thread(receiver.finish, self.home.inbox / pid, metadata)
         except RemoteError:
             await _in_thread(receiver.discard)
@@ -476,6 +473,13 @@ async def download_into(
             raise
         if progress is not None:
             progress(done, info.size)
+
+
+def _take_inline(receiver: transfer.BodyReceiver, data: bytes) -> None:
+    """The whole body at once: whatever an earlier download left in ``part`` is dropped."""
+    receiver.part.unlink(missing_ok=True)
+    receiver.start()
+    receiver.feed([data])
 
 
 def _start_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
