@@ -12,7 +12,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -22,6 +22,7 @@ from protocol.policy import RoutePolicy, SecrecyPolicy, SizeLimits
 from .blobs import BlobStore
 from .db import make_sessionmaker, read_engine
 from .directory import EntryCache
+from .groupcommit import GroupCommit
 from .hubkeys import HubKeys
 from .hubreceipts import ReceiptSigner
 from .mailcache import ItemCache
@@ -56,6 +57,10 @@ class Hub:
     tokens: TokenCache = field(default_factory=TokenCache)
     #: Encoded envelopes and small bodies of mailbox answers, by packet id.
     items: ItemCache = field(default_factory=ItemCache)
+    #: Batch submissions sharing transactions (group commit, :func:`hub.packets.submit_batch`).
+    submissions: GroupCommit[Any, Any] = field(default_factory=GroupCommit)
+    #: Mailbox acknowledgements sharing transactions (:func:`hub.mailbox.ack`).
+    acks: GroupCommit[Any, Any] = field(default_factory=GroupCommit)
 
     def __post_init__(self) -> None:
         self.reader = read_engine(self.engine)

@@ -412,20 +412,36 @@ async def record_fetches(
     only packets whose body travels inline in mailbox answers (:data:`INLINE_BODY_MAX`,
     not deleted) count.  Returns how many were recorded.
     """
-    if not packet_ids:
-        return 0
-    params = {"b_organ": organ, "b_ids": sorted(set(packet_ids)), "b_at": at}
-    claimed = sorted(
-        bytes(pid) for pid in await conn.scalars(_CLAIM_INLINE if inline_only else _CLAIM, params)
-    )
+    return await record_fetches_many(conn, {organ: packet_ids}, at, inline_only=inline_only)
+
+
+async def record_fetches_many(
+    conn: AsyncConnection,
+    wanted: dict[str, Collection[bytes]],
+    at: int,
+    *,
+    inline_only: bool = False,
+) -> int:
+    """:func:`record_fetches` for several organs at once: one claim per organ (in order of
+    organ code), the digests, audit events and pending receipts of all in one statement each.
+    """
+    claimed: list[tuple[str, bytes]] = []
+    for organ in sorted(wanted):
+        packet_ids = wanted[organ]
+        if not packet_ids:
+            continue
+        params = {"b_organ": organ, "b_ids": sorted(set(packet_ids)), "b_at": at}
+        rows = await conn.scalars(_CLAIM_INLINE if inline_only else _CLAIM, params)
+        claimed += sorted((organ, bytes(pid)) for pid in rows)
     if not claimed:
         return 0
+    ids = sorted({pid for _, pid in claimed})
     digests = {
-        bytes(pid): bytes(digest) for pid, digest in await conn.execute(_DIGESTS, {"ids": claimed})
+        bytes(pid): bytes(digest) for pid, digest in await conn.execute(_DIGESTS, {"ids": ids})
     }
     events: list[tuple[bytes, bytes | None]] = []
     pending: list[dict[str, Any]] = []
-    for pid in claimed:
+    for organ, pid in claimed:
         event = encode_event(
             "body_fetched", at, packet_id=pid, envelope_digest=digests[pid], organ=organ
         )

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from sqlalchemy import Table, bindparam, delete, select
@@ -37,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .blobs import BlobStore
 from .clock import now
-from .deliveries import INLINE_BODY_MAX, record_fetches
+from .deliveries import INLINE_BODY_MAX, record_fetches_many
 from .logs import get_logger
 from .mailcache import B64, Encoded
 from .models import DeliveryEvent, MailboxItem, Packet
@@ -188,18 +189,48 @@ async def read_items(
 
 
 async def ack(hub: Hub, organ: str, ids: Sequence[int]) -> int:
-    """Remove the organ's items ``ids``; record ``fetched`` for inline bodies among them."""
+    """Remove the organ's items ``ids``; record ``fetched`` for inline bodies among them.
+
+    Concurrent acknowledgements of one process (any organs) share a transaction
+    (:mod:`hub.groupcommit`): each removes only its own organ's items.
+    """
     if not ids:
         return 0
+    mine = _Ack(organ, sorted(set(ids)))
+
+    async def run(acks: Sequence[_Ack]) -> dict[_Ack, int]:
+        return await _ack_many(hub, acks)
+
+    removed: dict[_Ack, int] = await hub.acks.submit("ack", [mine], run, _own)
+    return removed[mine]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Ack:
+    organ: str
+    ids: list[int]
+
+
+def _own(removed: dict[_Ack, int], acks: Sequence[_Ack]) -> dict[_Ack, int]:
+    return {a: removed[a] for a in acks}
+
+
+async def _ack_many(hub: Hub, acks: Sequence[_Ack]) -> dict[_Ack, int]:
     at = now()
+    removed: dict[_Ack, int] = {}
+    envelopes: dict[str, set[bytes]] = {}
     async with hub.engine.begin() as conn:
-        removed = (await conn.execute(_REMOVE, {"organ": organ, "ids": sorted(set(ids))})).all()
-        envelopes = {bytes(pid) for pid, kind in removed if kind == "envelope"}
-        fetched = await record_fetches(conn, organ, envelopes, at, inline_only=True)
+        for a in sorted(acks, key=lambda a: a.organ):  # rows locked in one order
+            rows = (await conn.execute(_REMOVE, {"organ": a.organ, "ids": a.ids})).all()
+            removed[a] = len(rows)
+            envelopes.setdefault(a.organ, set()).update(
+                bytes(pid) for pid, kind in rows if kind == "envelope"
+            )
+        fetched = await record_fetches_many(conn, dict(envelopes), at, inline_only=True)
     if fetched:
         hub.signer.poke()
-        log.info("inline body fetched", organ=organ, packets=fetched)
-    return len(removed)
+        log.info("inline body fetched", organs=len(envelopes), packets=fetched)
+    return removed
 
 
 async def long_poll(hub: Hub, organ: str, wait: float, limit: int) -> list[dict[str, Any]]:

@@ -536,12 +536,13 @@ async def submit_batch(
 
     New, valid packets are accepted in one transaction -- the same that checks them --
     with bulk inserts; an item that fails answers its own error code and does not affect
-    the others.  The answers are built from what is in hand, with the receipts handed
-    over by the signer (:meth:`hub.hubreceipts.ReceiptSigner.wait_accepted_many`).
+    the others.  Concurrent batches of one process share that transaction
+    (:mod:`hub.groupcommit`), except a fan-out, which goes alone.  The
+    answers are built from what is in hand, with the receipts handed over by the signer
+    (:meth:`hub.hubreceipts.ReceiptSigner.wait_accepted_many`).
     """
-    at = now()
     results: list[dict[str, Any] | None] = [None] * len(items)
-    parsed: list[tuple[int, Envelope, bytes]] = []
+    parsed: list[_Item] = []
     seen: set[bytes] = set()
     for i, (data, body) in enumerate(items):
         try:
@@ -556,70 +557,122 @@ async def submit_batch(
                     "size_limit_exceeded",
                     f"bodies in a batch are at most {hub.settings.batch_body_max} bytes",
                 )
-            parsed.append((i, env, body))
+            parsed.append(_Item(caller, i, env, body))
         except RemoteError as exc:
             results[i] = _error(exc)
-    good: list[tuple[int, Envelope, bytes]] = []
-    refusals: list[tuple[Envelope, RemoteError]] = []
+    if parsed:
+        quiet = _quiet([item.env for item in parsed])
+        if quiet:  # a fan-out: its own transaction, its recipients woken after its receipts
+            stored = await _store(hub, parsed, transport, notify=False)
+        else:
+
+            async def run(items: Sequence[_Item]) -> _Stored:
+                return await _store(hub, items, transport)
+
+            stored = await hub.submissions.submit(transport, parsed, run, _Stored.part)
+        for item, answer in stored.answers.items():
+            results[item.index] = answer
+        good = [item.env for item in stored.good]
+        if good or stored.refused:
+            _accepted_now(hub, good, stored.refused)
+        if good:
+            hub.metrics.body_bytes.labels("in").inc(sum(len(item.body) for item in stored.good))
+            receipts = await _wake_and_wait(hub, good, quiet)
+            for item in stored.good:
+                doc = accepted_doc(item.env.packet_id, stored.at, receipts.get(item.env.packet_id))
+                results[item.index] = {"status": 200, **doc}
+    return [r if r is not None else _error(RemoteError("request_invalid")) for r in results]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Item:
+    """One parsed packet of a batch: whose, where in the batch, what."""
+
+    caller: Caller
+    index: int
+    env: Envelope
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Stored:
+    """What one transaction made of some items: accepted, or answered (refused, stored)."""
+
+    at: int
+    good: list[_Item] = field(default_factory=list)
+    answers: dict[_Item, dict[str, Any]] = field(default_factory=dict)
+    refused: list[tuple[Envelope, RemoteError]] = field(default_factory=list)
+
+    def part(self, items: Sequence[_Item]) -> _Stored:
+        """The outcome of some of the items (one caller's)."""
+        mine = set(items)
+        envs = {item.env.packet_id for item in items}
+        return _Stored(
+            self.at,
+            [item for item in self.good if item in mine],
+            {item: answer for item, answer in self.answers.items() if item in mine},
+            [(env, exc) for env, exc in self.refused if env.packet_id in envs],
+        )
+
+
+async def _store(
+    hub: Hub, items: Sequence[_Item], transport: str, *, notify: bool = True
+) -> _Stored:
+    """Check and accept parsed items in one transaction (bodies durable before it commits)."""
+    out = _Stored(now())
+    at = out.at
     existing: dict[bytes, Stored] = {}
     try:
         async with hub.sessions.begin() as session:
-            existing = await stored_packets(session, [env.packet_id for _, env, _ in parsed])
-            known = await _lookup(hub, session, [env for _, env, _ in parsed])
-            for i, env, body in parsed:
+            existing = await stored_packets(session, [item.env.packet_id for item in items])
+            known = await _lookup(hub, session, [item.env for item in items])
+            for item in items:
+                env = item.env
                 try:
                     if env.packet_id in existing:
                         answer = _existing(existing[env.packet_id], env)
                         if answer.status == 200:
-                            results[i] = {"status": 200, **answer.doc}
+                            out.answers[item] = {"status": 200, **answer.doc}
                             continue
                         # Awaiting its body from an earlier single submission: take it here.
                     else:
                         try:
                             await _check_envelope(hub, session, env, at, transport, known)
                         except PolicyRefusal as refusal:
-                            refusals.append((env, refusal.error))
+                            out.refused.append((env, refusal.error))
                             raise refusal.error from None
                     verifier = BodyVerifier(env.body_info)
-                    verifier.feed(body)
+                    verifier.feed(item.body)
                     verifier.finish()
-                    good.append((i, env, body))
+                    out.good.append(item)
                 except RemoteError as exc:
-                    results[i] = _error(exc)
-            if good:
+                    out.answers[item] = _error(exc)
+            if out.good:
                 # Durable before the transaction that makes the packets visible commits.
                 await hub.blocking(
-                    hub.blobs.put_many, [(b, env.body_info.sha256) for _, env, b in good]
+                    hub.blobs.put_many,
+                    [(item.body, item.env.body_info.sha256) for item in out.good],
                 )
-            quiet = _quiet([env for _, env, _ in good])
-            if good or refusals:
+            if out.good or out.refused:
                 await _accept_many(
                     hub,
                     session,
-                    [(env, existing.get(env.packet_id)) for _, env, _ in good],
-                    refusals,
+                    [(item.env, existing.get(item.env.packet_id)) for item in out.good],
+                    out.refused,
                     at,
                     transport,
-                    quiet=quiet,
+                    quiet=not notify,
                 )
     except (IntegrityError, _Concurrent):
         # A concurrent submission of one of these ids: fall back to one at a time.  The
         # refusals' log events went with the rolled back transaction: log them again.
-        for env, error in refusals:
+        for env, error in out.refused:
             await _log_refusal(hub, env, error, at)
-        refusals = []
-        for i, env, body in good:
-            results[i] = await _one_by_one(hub, caller, env, body, transport)
-        good = []
-    if good or refusals:
-        _accepted_now(hub, [env for _, env, _ in good], refusals)
-    if good:
-        hub.metrics.body_bytes.labels("in").inc(sum(len(b) for _, _, b in good))
-        receipts = await _wake_and_wait(hub, [env for _, env, _ in good], quiet)
-        for i, env, _ in good:
-            doc = accepted_doc(env.packet_id, at, receipts.get(env.packet_id))
-            results[i] = {"status": 200, **doc}
-    return [r if r is not None else _error(RemoteError("request_invalid")) for r in results]
+        out.refused = []
+        for item in out.good:
+            out.answers[item] = await _one_by_one(hub, item.caller, item.env, item.body, transport)
+        out.good = []
+    return out
 
 
 async def _accept_many(
