@@ -133,7 +133,7 @@ async def test_concurrent_batches_of_several_offices(hub_env: HubEnv) -> None:
     not_mine = seal(w.province, [w.tam_hong])
     dup = yen_lac[0]
     groups = env.hub.submissions
-    runs = groups.runs
+    requests = groups.requests
     answers = await asyncio.gather(
         _batch(env, w.province, [*province[:3], secret]),
         _batch(env, w.province, province[3:]),
@@ -157,7 +157,9 @@ async def test_concurrent_batches_of_several_offices(hub_env: HubEnv) -> None:
     counts = await stored(env)
     assert counts["packets"] == counts["accepted"] == 8
     assert counts["deliveries"] == counts["mailbox"] == 5 + 3 * 2
-    assert groups.runs - runs < 4  # some of the four valid batches shared a transaction
+    # The four batches with valid items went through the group (whether they shared a
+    # run depends on timing: the unit tests above show the sharing).
+    assert groups.requests - requests == 4
 
 
 @pytest.mark.asyncio
