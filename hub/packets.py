@@ -602,16 +602,22 @@ class _Stored:
     good: list[_Item] = field(default_factory=list)
     answers: dict[_Item, dict[str, Any]] = field(default_factory=dict)
     refused: list[tuple[Envelope, RemoteError]] = field(default_factory=list)
+    _good_set: set[_Item] | None = None
+    _refused_by_id: dict[bytes, tuple[Envelope, RemoteError]] | None = None
 
     def part(self, items: Sequence[_Item]) -> _Stored:
-        """The outcome of some of the items (one caller's)."""
-        mine = set(items)
-        envs = {item.env.packet_id for item in items}
+        """The outcome of some of the items (one request's), in time linear in ``items``."""
+        good = self._good_set
+        if good is None:
+            good = self._good_set = set(self.good)
+        refused = self._refused_by_id
+        if refused is None:
+            refused = self._refused_by_id = {env.packet_id: (env, e) for env, e in self.refused}
         return _Stored(
             self.at,
-            [item for item in self.good if item in mine],
-            {item: answer for item, answer in self.answers.items() if item in mine},
-            [(env, exc) for env, exc in self.refused if env.packet_id in envs],
+            [item for item in items if item in good],
+            {item: self.answers[item] for item in items if item in self.answers},
+            [refused[i.env.packet_id] for i in items if i.env.packet_id in refused],
         )
 
 
