@@ -1,0 +1,47 @@
+"""Scenario 5 alone, at a chosen rate and length (a profiling aid, not part of ``make bench``).
+
+Run: ``.venv/bin/python -m tests.bench.s5_drive RATE SECONDS OFFICES [PROFILE_DIR]``
+(for example ``150 15 300``).  Two ``lienthong-hub serve`` processes on a throwaway
+PostgreSQL database, OFFICES offices long-polling, single-packet submissions at RATE
+per second for SECONDS; prints the figures of :func:`tests.bench.s3_s5_offices.connections`
+as JSON and, with PROFILE_DIR, py-spy's summary of the hub (raw stacks kept there).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from . import s3_s5_offices as s35
+from .common import database
+from .run import QUICK
+
+
+def main(argv: list[str]) -> None:
+    rate, seconds, offices = float(argv[0]), int(argv[1]), int(argv[2])
+    profile = Path(argv[3]) if len(argv) > 3 else None
+    cfg = {
+        **QUICK,
+        "rate": rate,
+        "rate_seconds": seconds,
+        "connections": offices,
+        "max_inflight": 400,
+    }
+    with tempfile.TemporaryDirectory() as tmp, database("lt_bench_s5d") as url:
+        cluster, path, targets, senders, _ = s35._setup(
+            Path(tmp), "s5", url, cfg, False, offices, cfg["senders"]
+        )
+        try:
+            out = s35.connections(cluster, path, targets, senders, cfg, profile)
+        finally:
+            cluster.stop()
+    summary = out.pop("profile", None)
+    print(json.dumps(out, indent=1))
+    if summary is not None:
+        print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
