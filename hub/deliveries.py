@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import hmac
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -417,7 +417,7 @@ async def record_fetches(
 
 async def record_fetches_many(
     conn: AsyncConnection,
-    wanted: dict[str, Collection[bytes]],
+    wanted: Mapping[str, Collection[bytes]],
     at: int,
     *,
     inline_only: bool = False,

@@ -226,7 +226,7 @@ async def _ack_many(hub: Hub, acks: Sequence[_Ack]) -> dict[_Ack, int]:
             envelopes.setdefault(a.organ, set()).update(
                 bytes(pid) for pid, kind in rows if kind == "envelope"
             )
-        fetched = await record_fetches_many(conn, dict(envelopes), at, inline_only=True)
+        fetched = await record_fetches_many(conn, envelopes, at, inline_only=True)
     if fetched:
         hub.signer.poke()
         log.info("inline body fetched", organs=len(envelopes), packets=fetched)

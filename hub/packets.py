@@ -574,7 +574,7 @@ async def submit_batch(
             results[item.index] = answer
         good = [item.env for item in stored.good]
         if good or stored.refused:
-            _accepted_now(hub, good, stored.refused)
+            _accepted_now(hub, good, stored.refusals())
         if good:
             hub.metrics.body_bytes.labels("in").inc(sum(len(item.body) for item in stored.good))
             receipts = await _wake_and_wait(hub, good, quiet)
@@ -596,29 +596,26 @@ class _Item:
 
 @dataclass(slots=True)
 class _Stored:
-    """What one transaction made of some items: accepted, or answered (refused, stored)."""
+    """What one transaction made of some items: each item is either accepted (``good``)
+    or answered (stored before, refused: ``answers``); refusals of authentic envelopes
+    are also in ``refused`` (counted and logged)."""
 
     at: int
     good: list[_Item] = field(default_factory=list)
     answers: dict[_Item, dict[str, Any]] = field(default_factory=dict)
-    refused: list[tuple[Envelope, RemoteError]] = field(default_factory=list)
-    _good_set: set[_Item] | None = None
-    _refused_by_id: dict[bytes, tuple[Envelope, RemoteError]] | None = None
+    refused: dict[_Item, RemoteError] = field(default_factory=dict)
 
     def part(self, items: Sequence[_Item]) -> _Stored:
         """The outcome of some of the items (one request's), in time linear in ``items``."""
-        good = self._good_set
-        if good is None:
-            good = self._good_set = set(self.good)
-        refused = self._refused_by_id
-        if refused is None:
-            refused = self._refused_by_id = {env.packet_id: (env, e) for env, e in self.refused}
         return _Stored(
             self.at,
-            [item for item in items if item in good],
+            [item for item in items if item not in self.answers],
             {item: self.answers[item] for item in items if item in self.answers},
-            [refused[i.env.packet_id] for i in items if i.env.packet_id in refused],
+            {item: self.refused[item] for item in items if item in self.refused},
         )
+
+    def refusals(self) -> list[tuple[Envelope, RemoteError]]:
+        return [(item.env, exc) for item, exc in self.refused.items()]
 
 
 async def _store(
@@ -645,7 +642,7 @@ async def _store(
                         try:
                             await _check_envelope(hub, session, env, at, transport, known)
                         except PolicyRefusal as refusal:
-                            out.refused.append((env, refusal.error))
+                            out.refused[item] = refusal.error
                             raise refusal.error from None
                     verifier = BodyVerifier(env.body_info)
                     verifier.feed(item.body)
@@ -664,7 +661,7 @@ async def _store(
                     hub,
                     session,
                     [(item.env, existing.get(item.env.packet_id)) for item in out.good],
-                    out.refused,
+                    out.refusals(),
                     at,
                     transport,
                     quiet=not notify,
@@ -672,9 +669,9 @@ async def _store(
     except (IntegrityError, _Concurrent):
         # A concurrent submission of one of these ids: fall back to one at a time.  The
         # refusals' log events went with the rolled back transaction: log them again.
-        for env, error in out.refused:
+        for env, error in out.refusals():
             await _log_refusal(hub, env, error, at)
-        out.refused = []
+        out.refused = {}
         for item in out.good:
             out.answers[item] = await _one_by_one(hub, item.caller, item.env, item.body, transport)
         out.good = []

@@ -34,7 +34,7 @@ from rich.text import Text
 
 from protocol.checkpoint import parse_note
 from protocol.errors import RemoteError
-from protocol.keys import EncryptionPrivateKey, SigningPrivateKey, SigningPublicKey, fingerprint
+from protocol.keys import SigningPublicKey, fingerprint
 from protocol.policy import VN_TZ
 from protocol.report import OrganRow
 
@@ -42,9 +42,9 @@ from . import i18n
 from .audithome import AUDIT_HOME_ENV, AuditConfig, AuditHome
 from .auditor import AUDIT_CODES, AuditAlarm, Auditor, cosigners, verify_file
 from .auditstore import AuditStore
-from .client import HubClient
+from .client import Enrolled, HubClient, enrol_new_keys
 from .cliopts import FAILURES, failure, home_option, json_option, passphrase_option
-from .errors import HubError, NodeError
+from .errors import NodeError
 from .home import read_passphrase
 from .keystore import Keystore
 
@@ -248,20 +248,9 @@ def init(
         ).check()
         passphrase = read_passphrase(passphrase_file, prompt=_prompt, confirm=True)
 
-        async def enrol() -> tuple[Keystore, Any, bytes]:
-            hybrid = False
+        async def enrol() -> tuple[Keystore, Enrolled, bytes]:
             async with HubClient(config.hub_url, organ=code, ca_file=config.ca_file or None) as c:
-                for attempt in (1, 2):
-                    signing = SigningPrivateKey.generate(hybrid=hybrid)
-                    encryption = EncryptionPrivateKey.generate(hybrid=hybrid)
-                    try:
-                        enrolled = await c.enrol(token, signing, encryption.public_key())
-                    except HubError as exc:
-                        if exc.code == "algorithm_unsupported" and attempt == 1:
-                            hybrid = True
-                            continue
-                        raise
-                    break
+                keystore, enrolled = await enrol_new_keys(c, token)
                 note = await c.checkpoint()
             for wanted, key, what in (
                 (authority_fpr, enrolled.authority, "directory authority"),
@@ -280,14 +269,6 @@ def init(
                     f"{code} is enrolled as {enrolled.entry.entry.role}, not auditor: ask the "
                     "admin for `lienthong-hub enroll ... --role auditor`",
                 )
-            keystore = Keystore(
-                organ=code,
-                hub_url=config.hub_url,
-                authority=enrolled.authority,
-                signing_keys=[signing],
-                encryption_keys=[encryption],
-                hub_key=enrolled.hub_key,
-            )
             return keystore, enrolled, note
 
         keystore, enrolled, note = asyncio.run(enrol())

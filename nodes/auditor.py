@@ -440,21 +440,28 @@ class Auditor:
         if previous is None:
             return
         old = self.open_note(previous.note)
-        first, second = (old, new) if new.size >= old.size else (new, old)
-        proof: list[bytes] = []
-        try:
-            if 0 < first.size < second.size:
-                proof = await self.client.consistency(first.size, second.size)
-            check_consistent(first, second, proof)
-        except (RemoteError, HubError) as exc:
-            detail = getattr(exc, "detail", str(exc))
+        detail = await self._inconsistency(old, new)
+        if detail is not None:
             raise self._alarm(
                 "checkpoint_inconsistent",
                 f"the log's checkpoint {new.size} is not consistent with checkpoint "
                 f"{old.size} seen on {iso(previous.seen_at)}: {detail}",
                 previous=_note_text(previous.note),
                 current=_note_text(note),
-            ) from None
+            )
+
+    async def _inconsistency(self, a: Checkpoint, b: Checkpoint) -> str | None:
+        """Why two checkpoints of the log are not consistent (the proof asked of the hub,
+        checked here), or None if they are."""
+        first, second = (a, b) if b.size >= a.size else (b, a)
+        try:
+            proof: list[bytes] = []
+            if 0 < first.size < second.size:
+                proof = await self.client.consistency(first.size, second.size)
+            check_consistent(first, second, proof)
+        except (RemoteError, HubError) as exc:
+            return exc.detail
+        return None
 
     async def _cosign(self, note: bytes) -> bool:
         assert self.keystore is not None
@@ -475,21 +482,15 @@ class Auditor:
         results = []
         for note in notes:
             other = self.open_note(note)
-            first, second = (own, other) if other.size >= own.size else (other, own)
-            try:
-                proof: list[bytes] = []
-                if 0 < first.size < second.size:
-                    proof = await self.client.consistency(first.size, second.size)
-                check_consistent(first, second, proof)
-            except (RemoteError, HubError) as exc:
-                detail = getattr(exc, "detail", str(exc))
+            detail = await self._inconsistency(own, other)
+            if detail is not None:
                 raise self._alarm(
                     "checkpoint_inconsistent",
                     f"the log signed two inconsistent checkpoints (sizes {own.size} and "
                     f"{other.size}): a fork. {detail}",
                     previous=_note_text(mine.note),
                     current=_note_text(note),
-                ) from None
+                )
             try:
                 names = [s.name for s in parse_note(note).signatures][1:]
             except RemoteError:

@@ -40,14 +40,14 @@ from rich.table import Table
 from rich.text import Text
 
 from protocol.errors import LienthongError
-from protocol.keys import EncryptionPrivateKey, SigningPrivateKey, fingerprint
+from protocol.keys import fingerprint
 from protocol.packet import parse_envelope
 from protocol.policy import VN_TZ, Secrecy, Urgency
 from protocol.receipts import STATUS
 
 from . import i18n, registers, witness
 from .agent import Agent, RoundReport
-from .client import HubClient
+from .client import Enrolled, HubClient, enrol_new_keys
 from .client import Progress as ProgressFn
 from .cliopts import FAILURES, failure, home_option, json_option, passphrase_option
 from .email_transport import init_extra, init_options, make_agent
@@ -320,8 +320,7 @@ def init(
         config.extra.update(init_extra())  # --transport email|fallback, --smtp, --imap ...
         passphrase = read_passphrase(passphrase_file, prompt=_prompt(ui.lang), confirm=True)
 
-        async def enrol() -> tuple[Keystore, Any]:
-            use_hybrid = hybrid
+        async def enrol() -> tuple[Keystore, Enrolled]:
             async with HubClient(
                 config.hub_url, organ=code, ca_file=config.ca_file or None
             ) as client:
@@ -330,28 +329,12 @@ def init(
                     authority, _hub_key = await client.identity()
                     _check_authority(authority_fpr, authority.kid)
                     client.authority = authority  # enrol() refuses an answer naming another
-                for attempt in (1, 2):
-                    signing = SigningPrivateKey.generate(hybrid=use_hybrid)
-                    encryption = EncryptionPrivateKey.generate(hybrid=use_hybrid)
-                    try:
-                        enrolled = await client.enrol(token, signing, encryption.public_key())
-                    except HubError as exc:
-                        # The hub says it is hybrid only by refusing classic keys.
-                        if exc.code == "algorithm_unsupported" and not use_hybrid and attempt == 1:
-                            ui.event("init.hybrid_retry")
-                            use_hybrid = True
-                            continue
-                        raise
-                    break
-            keystore = Keystore(
-                organ=code,
-                hub_url=config.hub_url,
-                authority=enrolled.authority,
-                signing_keys=[signing],
-                encryption_keys=[encryption],
-                hub_key=enrolled.hub_key,
-            )
-            return keystore, enrolled
+                return await enrol_new_keys(
+                    client,
+                    token,
+                    hybrid=hybrid,
+                    on_hybrid_retry=lambda: ui.event("init.hybrid_retry"),
+                )
 
         keystore, enrolled = asyncio.run(enrol())
         h.ensure_dirs()

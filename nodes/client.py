@@ -42,10 +42,16 @@ from protocol import signed
 from protocol.codec import decode, encode
 from protocol.directory import SignedEntry, verify_entry
 from protocol.errors import RemoteError
-from protocol.keys import EncryptionPublicKey, SigningPrivateKey, SigningPublicKey
+from protocol.keys import (
+    EncryptionPrivateKey,
+    EncryptionPublicKey,
+    SigningPrivateKey,
+    SigningPublicKey,
+)
 from protocol.packet import BodyInfo, BodyVerifier
 
 from .errors import HubError, HubUnavailable, NodeError
+from .keystore import Keystore
 
 CHUNK: Final = 256 * 1024
 #: Receive buffer of a body stream (:meth:`HubClient.body_stream`): the connection is
@@ -124,6 +130,41 @@ class Enrolled:
     entry: SignedEntry
     authority: SigningPublicKey
     hub_key: SigningPublicKey
+
+
+async def enrol_new_keys(
+    client: HubClient,
+    token: str,
+    *,
+    hybrid: bool = False,
+    on_hybrid_retry: Callable[[], None] | None = None,
+) -> tuple[Keystore, Enrolled]:
+    """New keys, enrolled with a one-time token, in a keystore pinning the hub's keys.
+
+    A hub that takes hybrid keys only says so by refusing classic ones
+    (``algorithm_unsupported``): then new hybrid keys, once.
+    """
+    while True:
+        signing = SigningPrivateKey.generate(hybrid=hybrid)
+        encryption = EncryptionPrivateKey.generate(hybrid=hybrid)
+        try:
+            enrolled = await client.enrol(token, signing, encryption.public_key())
+        except HubError as exc:
+            if exc.code != "algorithm_unsupported" or hybrid:
+                raise
+            if on_hybrid_retry is not None:
+                on_hybrid_retry()
+            hybrid = True
+            continue
+        keystore = Keystore(
+            organ=client.organ,
+            hub_url=client.base,
+            authority=enrolled.authority,
+            signing_keys=[signing],
+            encryption_keys=[encryption],
+            hub_key=enrolled.hub_key,
+        )
+        return keystore, enrolled
 
 
 def _public_key(doc: Any, what: str) -> SigningPublicKey:

@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -382,3 +383,29 @@ class CpuMeter:
         )
         self.result = out
         return out
+
+
+class Sampler:
+    """A daemon thread calling :meth:`sample` every :attr:`period` seconds inside a
+    ``with`` block (until ``sample`` returns False)."""
+
+    period = 0.1
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.sample() is not False:
+            self._stop.wait(self.period)
+
+    def sample(self) -> bool | None:
+        raise NotImplementedError

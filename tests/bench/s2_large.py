@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from protocol.packet import DocumentMetadata, Opener, Recipient, Sealer, parse_e
 from .common import (
     BIN,
     MIB,
+    Sampler,
     clean_env,
     cpu_seconds,
     database,
@@ -96,41 +96,33 @@ def _node(home: Path, *args: str) -> str:
     return proc.stdout
 
 
-class _Peak:
+class _Peak(Sampler):
     """Sample a process's VmHWM, reset (``clear_refs``) once ``started()`` holds."""
 
+    period = 0.02
+
     def __init__(self, pid: int, started: Any) -> None:
+        super().__init__()
         self.pid = pid
         self.started = started
         self.peak_kib = 0
         self.absolute_kib = 0
         self.reset = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> _Peak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            hwm = status_kib(self.pid, "VmHWM")
-            if hwm == 0:
-                return
-            self.absolute_kib = max(self.absolute_kib, hwm)
-            try:
-                if not self.reset and self.started():
-                    Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-                    self.reset = True
-                elif self.reset:
-                    self.peak_kib = max(self.peak_kib, hwm)
-            except OSError:
-                pass
-            time.sleep(0.02)
+    def sample(self) -> bool:
+        hwm = status_kib(self.pid, "VmHWM")
+        if hwm == 0:
+            return False  # the process has ended
+        self.absolute_kib = max(self.absolute_kib, hwm)
+        try:
+            if not self.reset and self.started():
+                Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+                self.reset = True
+            elif self.reset:
+                self.peak_kib = max(self.peak_kib, hwm)
+        except OSError:
+            pass
+        return True
 
 
 def _send(sender: Path, recipient: Path, doc: Path, profile: Path | None = None) -> dict[str, Any]:

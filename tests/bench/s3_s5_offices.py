@@ -21,38 +21,36 @@ long-poll answering.  Hub resident memory is sampled throughout.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from .common import CpuMeter, Worker, database, loadavg, pct, pids_matching, rss_mib, summary_ms
+from .common import (
+    CpuMeter,
+    Sampler,
+    Worker,
+    database,
+    loadavg,
+    pct,
+    pids_matching,
+    rss_mib,
+    summary_ms,
+)
 from .hubs import HubCluster, enrol_offices, write_offices
 from .profiling import Profiler
 
 PROVINCE = "BENCH.TU"
 
 
-class _RssSampler:
+class _RssSampler(Sampler):
     def __init__(self, pids: list[int]) -> None:
+        super().__init__()
         self.pids = pids
         self.peak = dict.fromkeys(pids, 0.0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> _RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for pid in self.pids:
-                self.peak[pid] = max(self.peak[pid], rss_mib(pid))
-            time.sleep(0.1)
+    def sample(self) -> None:
+        for pid in self.pids:
+            self.peak[pid] = max(self.peak[pid], rss_mib(pid))
 
 
 def _split(items: list[str], parts: int) -> list[list[str]]:

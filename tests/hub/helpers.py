@@ -31,6 +31,7 @@ from hub.context import HUB, Hub
 from hub.hubkeys import HubKeys
 from hub.settings import HubSettings
 from protocol import signed
+from protocol.codec import encode
 from protocol.directory import DirectoryEntry, verify_entry
 from protocol.keys import EncryptionPrivateKey, SigningPrivateKey
 from protocol.packet import DocumentMetadata, Recipient, Routing, seal_packet
@@ -275,6 +276,21 @@ async def send(
     status, doc = await upload(env, sender, doc["packet_id"], body)
     assert status == 200, doc
     return doc, envelope, body
+
+
+async def submit_batch(
+    env: Api, office: Office, items: Sequence[tuple[bytes, bytes]]
+) -> list[dict[str, Any]]:
+    """``POST /v1/packets/batch`` (answered 200); the per-item results."""
+    resp = await env.client.post(
+        "/v1/packets/batch",
+        data=encode([list(i) for i in items]),
+        headers={**office.headers, "Content-Type": CBOR},
+    )
+    doc = await resp.json()
+    assert resp.status == 200, doc
+    results: list[dict[str, Any]] = doc["results"]
+    return results
 
 
 async def mailbox(

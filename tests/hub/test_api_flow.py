@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from protocol.directory import verify_entry
-from protocol.keys import EncryptionPrivateKey, SigningPrivateKey
+from protocol.keys import (
+    ENC_HYBRID,
+    ENC_X25519,
+    SIG_ED25519,
+    SIG_HYBRID,
+    EncryptionPrivateKey,
+    SigningPrivateKey,
+)
 from protocol.packet import open_packet, parse_envelope
 from protocol.receipts import verify_hub_receipt, verify_office_receipt
 
@@ -387,3 +394,39 @@ async def test_openapi_describes_every_route(hub_env: HubEnv) -> None:
         served.add((route.method.lower(), path))
     described = {(method, path) for path, ops in spec["paths"].items() for method in ops}
     assert served == described
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+async def test_node_enrolment_retries_with_hybrid_keys_once(
+    database_url: str, tmp_path: Path, hybrid: bool
+) -> None:
+    """``nodes.client.enrol_new_keys`` (both ``init`` commands): classic keys first; a hub
+    that takes hybrid keys only refuses them, and new hybrid keys are enrolled."""
+    from nodes.client import HubClient, enrol_new_keys
+    from nodes.errors import HubError
+
+    async with running_hub(database_url, tmp_path / "hub", hybrid=hybrid) as env:
+        token = await create_organ(env, PROVINCE, "Văn phòng Tỉnh ủy", level="province")
+        retries: list[None] = []
+        url = str(env.client.make_url("")).rstrip("/")
+        async with HubClient(url, organ=PROVINCE) as client:
+            keystore, enrolled = await enrol_new_keys(
+                client, token, on_hybrid_retry=lambda: retries.append(None)
+            )
+            assert len(retries) == (1 if hybrid else 0)
+            # The token is spent: refused with the hub's own code, and not tried again.
+            again: list[None] = []
+            with pytest.raises(HubError) as refused:
+                await enrol_new_keys(
+                    client, token, hybrid=hybrid, on_hybrid_retry=lambda: again.append(None)
+                )
+            assert refused.value.code == "enrolment_token_invalid"
+            assert again == []
+        [signing] = keystore.signing_keys
+        [encryption] = keystore.encryption_keys
+        assert signing.alg == (SIG_HYBRID if hybrid else SIG_ED25519)
+        assert encryption.public_key().alg == (ENC_HYBRID if hybrid else ENC_X25519)
+        assert (keystore.organ, keystore.hub_url) == (PROVINCE, url)
+        assert keystore.hub_key == enrolled.hub_key == env.keys.hub.public_key()
+        assert keystore.authority == enrolled.authority
+        assert signing.public_key().kid in {k.kid for k in enrolled.entry.entry.signing_keys}

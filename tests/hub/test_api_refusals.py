@@ -15,7 +15,6 @@ from protocol.keys import EncryptionPrivateKey, SigningPrivateKey
 from protocol.packet import Recipient, new_packet_id, parse_envelope
 
 from .helpers import (
-    CBOR,
     HubEnv,
     Office,
     b64,
@@ -26,6 +25,7 @@ from .helpers import (
     session_body,
     stored,
     submit,
+    submit_batch,
     upload,
     with_routing,
     world,
@@ -330,14 +330,7 @@ async def test_batch(hub_env: HubEnv) -> None:
     tampered = (tampered_env, tampered_body[:-1] + bytes([tampered_body[-1] ^ 1]))
     secret = seal(w.province, [w.yen_lac], routing=with_routing(secrecy=3))
     items = [*good, bad_route, tampered, secret, (b"\xa0", b"")]
-    resp = await env.client.post(
-        "/v1/packets/batch",
-        data=encode([list(i) for i in items]),
-        headers={**w.province.headers, "Content-Type": CBOR},
-    )
-    doc = await resp.json()
-    assert resp.status == 200, doc
-    results = doc["results"]
+    results = await submit_batch(env, w.province, items)
     assert [r["status"] for r in results[:20]] == [200] * 20
     assert all(r["receipt"] for r in results[:20])
     assert [r.get("code") for r in results[20:]] == [
@@ -350,12 +343,7 @@ async def test_batch(hub_env: HubEnv) -> None:
     assert counts["accepted"] == counts["packets"] == 20
     assert counts["deliveries"] == counts["mailbox"] == 40
     # The same batch again is idempotent.
-    resp = await env.client.post(
-        "/v1/packets/batch",
-        data=encode([list(i) for i in good]),
-        headers={**w.province.headers, "Content-Type": CBOR},
-    )
-    again = (await resp.json())["results"]
+    again = await submit_batch(env, w.province, good)
     assert again == results[:20]
     # Recipients see them, most urgent first then oldest.
     resp = await env.client.get("/v1/mailbox?limit=100", headers=w.yen_lac.headers)

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 
 from hub.groupcommit import GroupCommit
-from protocol.codec import encode
 from protocol.packet import parse_envelope
 
-from .helpers import CBOR, HubEnv, Office, mailbox, seal, stored, with_routing, world
+from .helpers import HubEnv, Office, mailbox, seal, stored, submit_batch, with_routing, world
 
 
 def _part(outcome: dict[str, int], items: Sequence[str]) -> dict[str, int]:
@@ -110,18 +108,6 @@ async def test_cancelled_leader_cancels_the_waiting() -> None:
     assert await groups.submit("k", ["c"], run, _part) == {"c": 1}
 
 
-async def _batch(env: HubEnv, office: Office, items: Sequence[tuple[bytes, bytes]]) -> list[Any]:
-    resp = await env.client.post(
-        "/v1/packets/batch",
-        data=encode([list(i) for i in items]),
-        headers={**office.headers, "Content-Type": CBOR},
-    )
-    doc = await resp.json()
-    assert resp.status == 200, doc
-    results: list[Any] = doc["results"]
-    return results
-
-
 @pytest.mark.asyncio
 async def test_concurrent_batches_of_several_offices(hub_env: HubEnv) -> None:
     env = hub_env
@@ -135,11 +121,11 @@ async def test_concurrent_batches_of_several_offices(hub_env: HubEnv) -> None:
     groups = env.hub.submissions
     requests = groups.requests
     answers = await asyncio.gather(
-        _batch(env, w.province, [*province[:3], secret]),
-        _batch(env, w.province, province[3:]),
-        _batch(env, w.yen_lac, [*yen_lac, not_mine]),
-        _batch(env, w.yen_lac, [dup]),
-        _batch(env, w.tam_hong, [(b"\xa0", b"")]),
+        submit_batch(env, w.province, [*province[:3], secret]),
+        submit_batch(env, w.province, province[3:]),
+        submit_batch(env, w.yen_lac, [*yen_lac, not_mine]),
+        submit_batch(env, w.yen_lac, [dup]),
+        submit_batch(env, w.tam_hong, [(b"\xa0", b"")]),
     )
     assert [r["status"] for r in answers[0]] == [200, 200, 200, 403]
     assert answers[0][3]["code"] == "secrecy_refused"
@@ -167,7 +153,7 @@ async def test_concurrent_acknowledgements_of_several_offices(hub_env: HubEnv) -
     env = hub_env
     w = await world(env)
     offices = [w.yen_lac, w.tam_hong, w.chi_bo]
-    await _batch(env, w.province, [seal(w.province, offices)])
+    await submit_batch(env, w.province, [seal(w.province, offices)])
     items = {o.code: await mailbox(env, o) for o in offices}
     assert all(len(v) == 1 for v in items.values())
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -20,41 +19,25 @@ from hub.auditlog.sequencer import LOCK_KEY
 from hub.hubreceipts import sign_ready
 from hub.models import HubReceiptPending, Packet
 from hub.packets import QUIET_FANOUT
-from protocol.codec import encode
 from protocol.packet import parse_envelope
 from protocol.receipts import verify_hub_receipt
 
 from .conftest import running_hub
 from .helpers import (
-    CBOR,
     CHI_BO,
     PROVINCE,
     TAM_HONG,
     YEN_LAC,
     HubEnv,
-    Office,
     mailbox,
     make_office,
     seal,
+    submit_batch,
     unb64,
     world,
 )
 
 pytestmark = pytest.mark.asyncio
-
-
-async def _batch(
-    env: HubEnv, office: Office, items: list[tuple[bytes, bytes]]
-) -> list[dict[str, Any]]:
-    resp = await env.client.post(
-        "/v1/packets/batch",
-        data=encode([list(i) for i in items]),
-        headers={**office.headers, "Content-Type": CBOR},
-    )
-    doc = await resp.json()
-    assert resp.status == 200, doc
-    results: list[dict[str, Any]] = doc["results"]
-    return results
 
 
 async def test_lookup_entries_of_the_asked_and_tree_above(hub_env: HubEnv) -> None:
@@ -75,7 +58,7 @@ async def test_lookup_entries_of_the_asked_and_tree_above(hub_env: HubEnv) -> No
 async def test_every_receipt_of_a_batch_in_its_answer(hub_env: HubEnv) -> None:
     w = await world(hub_env)
     sealed = [seal(w.province, [w.yen_lac], data=f"Công văn {i}".encode()) for i in range(5)]
-    results = await _batch(hub_env, w.province, sealed)
+    results = await submit_batch(hub_env, w.province, sealed)
     hub_pub = hub_env.keys.hub.public_key()
     for (envelope, _), result in zip(sealed, results, strict=True):
         assert result["status"] == 200
@@ -97,7 +80,7 @@ async def test_left_over_accepted_receipts_are_the_background_s(
     async with running_hub(database_url, tmp_path / "hub", receipt_wait=0) as env:
         w = await world(env)
         envelope, body = seal(w.province, [w.yen_lac])
-        (result,) = await _batch(env, w.province, [(envelope, body)])
+        (result,) = await submit_batch(env, w.province, [(envelope, body)])
         assert result["status"] == 200
         assert result["receipt"] is None
         sequencer = env.app[LOG_RUNTIME].sequencer
@@ -156,7 +139,9 @@ async def test_round_waits_for_another_process_sequencer(
             async with other.connect() as conn, conn.begin():
                 # "Another process" sequencing: holds the lock for a while.
                 assert await conn.scalar(select(func.pg_try_advisory_xact_lock(LOCK_KEY)))
-                task = asyncio.create_task(_batch(env, w.province, [seal(w.province, [w.yen_lac])]))
+                task = asyncio.create_task(
+                    submit_batch(env, w.province, [seal(w.province, [w.yen_lac])])
+                )
                 await asyncio.sleep(0.5)
                 assert not task.done()
                 released = time.monotonic()
@@ -181,7 +166,7 @@ async def test_fanout_wakes_its_recipients_after_the_receipt(hub_env: HubEnv) ->
     await asyncio.sleep(0.3)
     envelope, body = seal(province, offices)
     started = time.monotonic()
-    (result,) = await _batch(hub_env, province, [(envelope, body)])
+    (result,) = await submit_batch(hub_env, province, [(envelope, body)])
     assert result["status"] == 200
     assert result["receipt"] is not None
     for poll in polls:
