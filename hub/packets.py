@@ -563,7 +563,7 @@ async def submit_batch(
     if parsed:
         quiet = _quiet([item.env for item in parsed])
         if quiet:  # a fan-out: its own transaction, its recipients woken after its receipts
-            stored = await _store(hub, parsed, transport, notify=False)
+            stored = await _store(hub, parsed, transport, quiet=True)
         else:
 
             async def run(items: Sequence[_Item]) -> _Stored:
@@ -619,7 +619,7 @@ class _Stored:
 
 
 async def _store(
-    hub: Hub, items: Sequence[_Item], transport: str, *, notify: bool = True
+    hub: Hub, items: Sequence[_Item], transport: str, *, quiet: bool = False
 ) -> _Stored:
     """Check and accept parsed items in one transaction (bodies durable before it commits)."""
     out = _Stored(now())
@@ -664,7 +664,7 @@ async def _store(
                     out.refusals(),
                     at,
                     transport,
-                    quiet=not notify,
+                    quiet=quiet,
                 )
     except (IntegrityError, _Concurrent):
         # A concurrent submission of one of these ids: fall back to one at a time.  The
