@@ -43,7 +43,14 @@ from .audithome import AUDIT_HOME_ENV, AuditConfig, AuditHome
 from .auditor import AUDIT_CODES, AuditAlarm, Auditor, cosigners, verify_file
 from .auditstore import AuditStore
 from .client import Enrolled, HubClient, enrol_new_keys
-from .cliopts import FAILURES, failure, home_option, json_option, passphrase_option
+from .cliopts import (
+    FAILURES,
+    check_fingerprint,
+    failure,
+    home_option,
+    json_option,
+    passphrase_option,
+)
 from .errors import NodeError
 from .home import read_passphrase
 from .keystore import Keystore
@@ -248,21 +255,24 @@ def init(
         ).check()
         passphrase = read_passphrase(passphrase_file, prompt=_prompt, confirm=True)
 
+        def check_pins(authority: SigningPublicKey, hub_key: SigningPublicKey) -> None:
+            for wanted, key, what in (
+                (authority_fpr, authority, "directory authority"),
+                (hub_key_fpr, hub_key, "hub key"),
+            ):
+                if wanted:
+                    check_fingerprint(wanted, key.kid, what)
+
         async def enrol() -> tuple[Keystore, Enrolled, bytes]:
             async with HubClient(config.hub_url, organ=code, ca_file=config.ca_file or None) as c:
+                if authority_fpr or hub_key_fpr:
+                    # Before the one-time token is spent: a wrong hub must not consume it.
+                    authority, hub_key = await c.identity()
+                    check_pins(authority, hub_key)
+                    c.authority = authority  # enrol() refuses an answer naming another
                 keystore, enrolled = await enrol_new_keys(c, token)
                 note = await c.checkpoint()
-            for wanted, key, what in (
-                (authority_fpr, enrolled.authority, "directory authority"),
-                (hub_key_fpr, enrolled.hub_key, "hub key"),
-            ):
-                if wanted and not fingerprint(key.kid).replace(":", "").startswith(
-                    wanted.replace(":", "").lower()
-                ):
-                    raise NodeError(
-                        "hub_key_mismatch",
-                        f"the hub's {what} is {fingerprint(key.kid)}, not {wanted}",
-                    )
+            check_pins(enrolled.authority, enrolled.hub_key)
             if enrolled.entry.entry.role != "auditor":
                 raise NodeError(
                     "role_forbidden",

@@ -49,7 +49,14 @@ from . import i18n, registers, witness
 from .agent import Agent, RoundReport
 from .client import Enrolled, HubClient, enrol_new_keys
 from .client import Progress as ProgressFn
-from .cliopts import FAILURES, failure, home_option, json_option, passphrase_option
+from .cliopts import (
+    FAILURES,
+    check_fingerprint,
+    failure,
+    home_option,
+    json_option,
+    passphrase_option,
+)
 from .email_transport import init_extra, init_options, make_agent
 from .errors import HubError, HubUnavailable, NodeError
 from .home import HOME_ENV, Home, NodeConfig, read_passphrase
@@ -327,7 +334,7 @@ def init(
                 if authority_fpr:
                     # Before the one-time token is spent: a wrong hub must not consume it.
                     authority, _hub_key = await client.identity()
-                    _check_authority(authority_fpr, authority.kid)
+                    check_fingerprint(authority_fpr, authority.kid, "directory authority")
                     client.authority = authority  # enrol() refuses an answer naming another
                 return await enrol_new_keys(
                     client,
@@ -395,19 +402,6 @@ def init(
 async def _warm_directory(home: Home, config: NodeConfig, store: Store, keystore: Keystore) -> None:
     async with Agent(home, config, store, keystore) as agent:
         await agent.refresh_directory(every=0)
-
-
-def _fpr_matches(given: str, kid: bytes) -> bool:
-    cleaned = given.replace(":", "").lower()
-    return len(cleaned) >= 8 and kid.hex().startswith(cleaned)
-
-
-def _check_authority(given: str, kid: bytes) -> None:
-    if not _fpr_matches(given, kid):
-        raise NodeError(
-            "hub_key_mismatch",
-            f"the hub's directory authority is {fingerprint(kid)}, not {given}",
-        )
 
 
 # --- send ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from protocol.errors import LienthongError, LocalError, RemoteError
+from protocol.keys import fingerprint
 
 from .errors import HubError, HubUnavailable, NodeError, error_code, error_detail
 
@@ -63,3 +64,11 @@ def failure(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", "stopped by the user"
     raise TypeError(f"{type(exc).__name__} is not a command failure")
+
+
+def check_fingerprint(given: str, kid: bytes, what: str) -> None:
+    """A pinned fingerprint (``--authority``, ``--hub-key``: at least 8 hex digits of the
+    key id, colons allowed) must name this key: else ``hub_key_mismatch``."""
+    cleaned = given.replace(":", "").lower()
+    if len(cleaned) < 8 or not kid.hex().startswith(cleaned):
+        raise NodeError("hub_key_mismatch", f"the hub's {what} is {fingerprint(kid)}, not {given}")

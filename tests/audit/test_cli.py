@@ -81,6 +81,33 @@ def auditor(hub: Hub, root: Path, name: str = "kiem-tra") -> tuple[Audit, str]:
     return audit, code
 
 
+def test_init_with_a_wrong_pin_spends_nothing(hub: Hub, tmp_path: Path) -> None:
+    """``--authority`` and ``--hub-key`` are checked before the one-time token is spent
+    and before anything is written; with the right fingerprints the same token works."""
+    wrong = "0123:4567:89ab:cdef:0123:4567:89ab:cdef"
+    code = unique("UBKT")
+    token = hub.enroll(code, "Ủy ban Kiểm tra Tỉnh ủy", "--role", "auditor")
+    audit = Audit(tmp_path, "kiem-tra")
+    init = ("init", "--hub", hub.url, "--code", code, "--token", token, "--json")
+    enrolments = len(hub.statuses("/v1/enrol"))
+    for flag, what in (("--authority", "directory authority"), ("--hub-key", "hub key")):
+        refused = audit.run(*init, flag, wrong, ok=False)
+        assert refused.returncode == 1
+        error = refused.doc["error"]
+        assert error["code"] == "hub_key_mismatch"
+        assert f"the hub's {what} is {hub.fingerprints[what]}, not {wrong}" == error["detail"]
+        assert not audit.home.exists()
+    assert len(hub.statuses("/v1/enrol")) == enrolments  # the token was not even offered
+    done = audit.run(
+        *init,
+        "--authority",
+        hub.fingerprints["directory authority"],
+        "--hub-key",
+        hub.fingerprints["hub key"],
+    ).doc
+    assert done["organ"] == code
+
+
 def directive(province: Node, xa: Node, root: Path) -> str:
     doc = root / "Kế hoạch tổng kết.pdf"
     doc.write_bytes(os.urandom(2000))
