@@ -8,8 +8,8 @@ from protocol.errors import RemoteError
 
 from .. import mailbox
 from ..context import hub_of
-from ..mailcache import to_json
-from .common import int_query, json_response, read_json, require
+from ..mailcache import CHUNK, chunks, to_json
+from .common import REQUEST_ID, int_query, json_response, read_json, require
 
 routes = web.RouteTableDef()
 WAIT_MAX = 60
@@ -23,7 +23,22 @@ async def poll(request: web.Request) -> web.Response:
     limit_max = hub.settings.mailbox_limit_max
     limit = int_query(request, "limit", min(100, limit_max), 1, limit_max)
     items = await mailbox.long_poll(hub, caller.organ, wait, limit)
-    return web.json_response(text=to_json({"items": items}))
+    parts = to_json({"items": items})
+    size = sum(map(len, parts))
+    if size <= CHUNK:
+        return web.Response(body=b"".join(parts), content_type="application/json")
+    # A large answer (a fan-out's envelope goes to every office at once) is written out
+    # piece by piece, waiting for each connection to drain: the hub holds the cached
+    # base64 once, not a copy per office in its socket buffers.
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    response.content_length = size
+    response.headers["X-Request-Id"] = request.get(REQUEST_ID, "")
+    await response.prepare(request)
+    for piece in chunks(parts):
+        await response.write(piece)
+    await response.write_eof()
+    return response
 
 
 @routes.post("/v1/mailbox/ack")

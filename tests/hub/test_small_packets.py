@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from hub import mailbox as hub_mailbox
 from hub.app import create_app
 from hub.context import HUB
 from hub.deliveries import INLINE_BODY_MAX
-from hub.mailcache import B64, Encoded, ItemCache, to_json
+from hub.mailcache import B64, CHUNK, Encoded, ItemCache, chunks, to_json
 from hub.models import DeliveryEvent, Packet
 from hub.sessions import TokenCache, TokenRow
 from protocol.packet import parse_envelope
@@ -182,6 +183,32 @@ async def test_inline_bodies_count_against_the_budget(
 
 
 @pytest.mark.asyncio
+async def test_large_answer_is_written_in_pieces(hub_env: HubEnv) -> None:
+    """An answer beyond one piece (inline bodies here; a fan-out's envelope in use) is
+    streamed with its length and request id; the office reads the same items."""
+    env = hub_env
+    w = await world(env)
+    sent = [
+        await send(env, w.province, [w.yen_lac], data=os.urandom(INLINE_BODY_MAX - 4096))
+        for _ in range(6)
+    ]
+    resp = await env.client.get(
+        "/v1/mailbox",
+        params={"wait": "0", "limit": "10"},
+        headers={**w.yen_lac.headers, "X-Request-Id": "ans-1"},
+    )
+    raw = await resp.read()
+    assert resp.status == 200
+    assert len(raw) > CHUNK
+    assert resp.headers["Content-Length"] == str(len(raw))
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert resp.headers["X-Request-Id"] == "ans-1"
+    items = json.loads(raw)["items"]
+    got = {i["packet_id"]: (unb64(i["envelope"]), unb64(i["body"]["data"])) for i in items}
+    assert got == {doc["packet_id"]: (envelope, body) for doc, envelope, body in sent}
+
+
+@pytest.mark.asyncio
 async def test_receipt_batch_checked_one_by_one(hub_env: HubEnv) -> None:
     env = hub_env
     w = await world(env)
@@ -332,7 +359,7 @@ async def test_fan_out_reads_the_envelope_once(hub_env: HubEnv) -> None:
 
 
 def _encoded(n: int) -> Encoded:
-    return Encoded(envelope=B64("e" * n), envelope_size=n, body=None)
+    return Encoded(envelope=B64(b"e" * n), envelope_size=n, body=None)
 
 
 @pytest.mark.asyncio
@@ -423,8 +450,20 @@ def test_token_cache() -> None:
         TokenRow("x", b"k", "office", 100, 5, 100).caller(10)
 
 
+def _plain(value: object) -> object:
+    """``value`` with base64 bytes as the text they stand for."""
+    if isinstance(value, B64):
+        return value.decode("ascii")
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def test_answer_json_is_the_standard_encoding() -> None:
-    """Base64 text is copied as it is; everything else is escaped as json.dumps does."""
+    """Base64 is copied as it is; everything else is escaped as json.dumps does; the
+    pieces written out are the same bytes whatever their size."""
     doc = {
         "items": [
             {
@@ -432,12 +471,23 @@ def test_answer_json_is_the_standard_encoding() -> None:
                 "envelope": B64.of(os.urandom(100)),
                 "body": {"size": 3, "data": B64.of(b'\x00\xff"x'), "url": None},
                 "organ": 'H\u1ed3ng "q" \\ \n\t\x01',
+                "subject": unicodedata.normalize("NFD", "Trích yếu công văn"),
                 "flags": [True, False, None, -5, "\u00e9"],
             },
             {"id": 2, "empty": {}, "none": []},
+            {"id": 3, "envelope": B64.of(os.urandom(3000))},
         ],
         'k"ey': "v",
     }
-    assert to_json(doc) == json.dumps(doc)
-    assert json.loads(to_json(doc)) == doc
-    assert B64.of(b"\xfb\xff") == base64.b64encode(b"\xfb\xff").decode()
+    parts = to_json(doc)
+    whole = b"".join(parts)
+    assert whole == json.dumps(_plain(doc)).encode()
+    assert json.loads(whole) == _plain(doc)
+    assert B64.of(b"\xfb\xff") == base64.b64encode(b"\xfb\xff")
+    for size in (1, 7, 100, 1000, 10_000):
+        pieces = [bytes(p) for p in chunks(parts, size)]
+        assert b"".join(pieces) == whole
+        assert all(pieces)
+        # Large parts are sliced, small ones gathered up to about ``size``.
+        assert all(len(p) < 2 * size for p in pieces)
+        assert len(pieces) <= 2 * (len(whole) // size + 1) + len(parts)
