@@ -16,7 +16,7 @@ WAIT_MAX = 60
 
 
 @routes.get("/v1/mailbox")
-async def poll(request: web.Request) -> web.Response:
+async def poll(request: web.Request) -> web.StreamResponse:
     caller = await require(request, "office")
     hub = hub_of(request)
     wait = int_query(request, "wait", 0, 0, WAIT_MAX)
