@@ -10,8 +10,9 @@ Fan-out: every addressed office holds a long-poll (client processes with many
 :class:`nodes.client.HubClient` each) before the province's node fetches and verifies the
 1,000 directory entries, seals the directive, and submits it.  Measured: sealing time,
 envelope size, time until the hub's answer (accepted, with its signed receipt), time
-until every long-poll has answered with the envelope.  The mailbox rows themselves are
-written in the same transaction that accepts the packet.
+until all the hub's mailboxes hold it (seen from a database connection of the harness:
+the mailbox rows are written with the delivery rows, in the transaction that accepts the
+packet), time until every long-poll has answered with the envelope.
 
 Connections: all offices long-poll (``wait=30``) while senders submit single packets at
 a fixed rate to random offices; latency is from the submission to the recipient's
@@ -25,10 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from .common import (
     CpuMeter,
     Sampler,
     Worker,
+    asyncpg_dsn,
     database,
     loadavg,
     pct,
@@ -51,6 +55,44 @@ class _RssSampler(Sampler):
     def sample(self) -> None:
         for pid in self.pids:
             self.peak[pid] = max(self.peak[pid], rss_mib(pid))
+
+
+class _MailboxWatch(Sampler):
+    """When the hub's mailboxes hold a fan-out, seen from a database connection of its own.
+
+    The hub writes a recipient's mailbox item and its ``deliveries`` row in one
+    transaction; the mailbox item goes when the office acknowledges it, the delivery row
+    stays, so committed delivery rows are counted (every 5 ms) until ``expected`` more than
+    when the watch began.
+    """
+
+    period = 0.005
+
+    def __init__(self, url: str, expected: int) -> None:
+        super().__init__()
+        self.url, self.expected = url, expected
+        self.loop = asyncio.new_event_loop()
+        self.at: float | None = None
+
+    def _count(self) -> int:
+        n: int = self.loop.run_until_complete(self.conn.fetchval("SELECT count(*) FROM deliveries"))
+        return n
+
+    def __enter__(self) -> _MailboxWatch:
+        self.conn = self.loop.run_until_complete(asyncpg.connect(asyncpg_dsn(self.url)))
+        self.base = self._count()
+        return super().__enter__()  # type: ignore[no-any-return]
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.loop.run_until_complete(self.conn.close())
+        self.loop.close()
+
+    def sample(self) -> bool | None:
+        if self._count() - self.base < self.expected:
+            return None
+        self.at = time.time()
+        return False
 
 
 def _split(items: list[str], parts: int) -> list[list[str]]:
@@ -135,7 +177,8 @@ def fanout(
             prof.__enter__()
         meter = _meter(cluster)
         try:
-            with _RssSampler(cluster.pids) as rss:
+            watch = _MailboxWatch(cluster.database_url, len(targets))
+            with _RssSampler(cluster.pids) as rss, watch:
                 meter.start()
                 sender.go()
                 sent = sender.finish(300)
@@ -156,6 +199,7 @@ def fanout(
         "seal_seconds": sent["seal_seconds"],
         "envelope_bytes": sent["envelope_bytes"],
         "accepted_seconds": round(sent["accepted"] - t0, 3),
+        "mailboxes_hold_seconds": None if watch.at is None else round(watch.at - t0, 3),
         "hub_receipt": sent["hub_receipt"],
         "delivered": delivered,
         "all_delivered_seconds": round(max(arrivals) - t0, 3) if arrivals else None,
@@ -228,7 +272,8 @@ def connections(
         if prof:
             prof.__enter__()
         try:
-            with _RssSampler(cluster.pids) as rss:
+            watch = _MailboxWatch(cluster.database_url, len(targets))
+            with _RssSampler(cluster.pids) as rss, watch:
                 meter.start()
                 sender.go()
                 sent = sender.finish(seconds + 300)
