@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import MetaData, event
+from sqlalchemy import Boolean, ColumnElement, MetaData, any_, bindparam, event
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -21,7 +22,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -34,6 +38,45 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+class InList(ColumnElement[bool]):
+    """``column IN (...)`` with the list given as parameter ``name`` at execution.
+
+    SQLite gets an expanding ``IN``.  PostgreSQL gets ``column = ANY(:name)`` with one
+    array parameter: an expanding ``IN`` is rendered again for every number of values,
+    and asyncpg prepares each rendering as a statement of its own (a round trip, a plan
+    in PostgreSQL, and a statement cache that churns under batches of varying size); the
+    array form is one statement whatever the count (tests/bench: ~90 us less CPU in the
+    hub and ~130 us less time per execution with lists of 1 to 60 ids).
+    """
+
+    type = Boolean()
+    inherit_cache = True
+    _is_implicitly_boolean = True  # a comparison: no "= 1" where booleans are integers
+    _traverse_internals = [  # noqa: RUF012 (SQLAlchemy's own declaration is a list)
+        ("expanding", InternalTraversal.dp_clauseelement),
+        ("array", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: ColumnElement[Any], name: str) -> None:
+        self.expanding = column.in_(bindparam(name, expanding=True))
+        self.array = column == any_(bindparam(name, type_=ARRAY(column.type)))
+
+
+def in_list(column: ColumnElement[Any], name: str) -> InList:
+    """``column IN`` the list passed as ``name`` (see :class:`InList`)."""
+    return InList(column, name)
+
+
+@compiles(InList)
+def _in_list(element: InList, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.expanding, **kw)
+
+
+@compiles(InList, "postgresql")
+def _in_array(element: InList, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.array, **kw)
 
 
 def is_sqlite(url: str) -> bool:

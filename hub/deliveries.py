@@ -37,6 +37,7 @@ from protocol.receipts import (
 from .auditlog import append_encoded
 from .clock import now
 from .context import Hub
+from .db import in_list
 from .logs import get_logger
 from .models import DeliveryEvent, DeliveryRow, HubReceiptPending, MailboxItem, Organ, Packet
 from .packets import ACCEPTED
@@ -52,7 +53,7 @@ INLINE_BODY_MAX: Final = 64 * 1024
 _ATTEMPTS: Final = 2
 
 # The hot paths run prebuilt Core statements (a statement built per call costs more
-# Python than its round trip); lists go in as expanding parameters.
+# Python than its round trip); lists go in as one parameter (:func:`hub.db.in_list`).
 _P = cast(Table, Packet.__table__)
 _D = cast(Table, DeliveryRow.__table__)
 _E = cast(Table, DeliveryEvent.__table__)
@@ -60,7 +61,7 @@ _M = cast(Table, MailboxItem.__table__)
 _O = cast(Table, Organ.__table__)
 _H = cast(Table, HubReceiptPending.__table__)
 _PACKETS = select(_P.c.id, _P.c.sender, _P.c.envelope_digest, _P.c.urgency).where(
-    _P.c.id.in_(bindparam("ids", expanding=True)), _P.c.state == ACCEPTED
+    in_list(_P.c.id, "ids"), _P.c.state == ACCEPTED
 )
 _ROWS = (
     select(_D.c.packet_id, _D.c.organ, _D.c.state)
@@ -68,7 +69,7 @@ _ROWS = (
     .order_by(_D.c.packet_id, _D.c.organ)
     .with_for_update()
 )
-_STORED = select(_E.c.digest).where(_E.c.digest.in_(bindparam("digests", expanding=True)))
+_STORED = select(_E.c.digest).where(in_list(_E.c.digest, "digests"))
 _HISTORIES = (
     select(_E.c.packet_id, _E.c.organ, _E.c.status, _E.c.at)
     .where(
@@ -94,7 +95,7 @@ _CLAIM = (
     update(_D)
     .where(
         _D.c.organ == bindparam("b_organ"),
-        _D.c.packet_id.in_(bindparam("b_ids", expanding=True)),
+        in_list(_D.c.packet_id, "b_ids"),
         _D.c.fetched_at.is_(None),
     )
     .values(fetched_at=bindparam("b_at"))
@@ -106,7 +107,7 @@ _CLAIM_INLINE = (
         _D.c.organ == bindparam("b_organ"),
         _D.c.packet_id.in_(
             select(_P.c.id).where(
-                _P.c.id.in_(bindparam("b_ids", expanding=True)),
+                in_list(_P.c.id, "b_ids"),
                 _P.c.body_size <= INLINE_BODY_MAX,
                 _P.c.body_deleted_at.is_(None),
             )
@@ -116,9 +117,7 @@ _CLAIM_INLINE = (
     .values(fetched_at=bindparam("b_at"))
     .returning(_D.c.packet_id)
 )
-_DIGESTS = select(_P.c.id, _P.c.envelope_digest).where(
-    _P.c.id.in_(bindparam("ids", expanding=True))
-)
+_DIGESTS = select(_P.c.id, _P.c.envelope_digest).where(in_list(_P.c.id, "ids"))
 _INSERT_PENDING = insert(_H)
 _READABLE = (
     select(_P.c.id, _P.c.sender, _D.c.organ)

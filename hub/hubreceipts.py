@@ -42,6 +42,7 @@ from protocol.merkle import leaf_hash
 from protocol.receipts import HubReceipt, sign_hub_receipt
 
 from .clock import now
+from .db import in_list
 from .logs import get_logger
 from .models import DeliveryEvent, HubReceiptPending, MailboxItem, Packet
 from .notify import MailboxNotifier
@@ -58,7 +59,7 @@ log = get_logger("hub.receipts")
 
 
 # Prebuilt Core statements (building them per pass cost more Python than their round
-# trips); lists go in as expanding parameters.
+# trips); lists go in as one parameter (:func:`hub.db.in_list`).
 _H = cast(Table, HubReceiptPending.__table__)
 _P = cast(Table, Packet.__table__)
 _L = cast(Table, LogEntry.__table__)
@@ -84,9 +85,7 @@ def _pending_query(variant: str, postgres: bool) -> Select[Any]:
         .limit(BATCH)
     )
     if variant == "only":
-        query = query.where(
-            _H.c.kind == "accepted", _H.c.packet_id.in_(bindparam("ids", expanding=True))
-        )
+        query = query.where(_H.c.kind == "accepted", in_list(_H.c.packet_id, "ids"))
     elif variant == "before":
         query = query.where(or_(_H.c.kind != "accepted", _H.c.at < bindparam("before")))
     if postgres:
@@ -100,15 +99,15 @@ _PENDING: Final = {
     for postgres in (False, True)
 }
 _INDEXED: Final = select(_L.c.idx, _L.c.data, _L.c.packet_id).where(
-    _L.c.packet_id.in_(bindparam("ids", expanding=True)),
-    _L.c.leaf_hash.in_(bindparam("leaves", expanding=True)),
+    in_list(_L.c.packet_id, "ids"),
+    in_list(_L.c.leaf_hash, "leaves"),
 )
 _SET_ACCEPTED: Final = (
     update(_P).where(_P.c.id == bindparam("b_id")).values(hub_receipt=bindparam("b_receipt"))
 )
 _INSERT_FETCHED: Final = insert(_E).returning(_E.c.id, _E.c.packet_id, _E.c.at)
 _INSERT_MAIL: Final = insert(_M)
-_DONE: Final = delete(_H).where(_H.c.id.in_(bindparam("ids", expanding=True)))
+_DONE: Final = delete(_H).where(in_list(_H.c.id, "ids"))
 _ANY_PENDING: Final = select(_H.c.id).limit(1)
 
 

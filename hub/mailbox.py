@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .blobs import BlobStore
 from .clock import now
+from .db import in_list
 from .deliveries import INLINE_BODY_MAX, record_fetches_many
 from .logs import get_logger
 from .mailcache import B64, Encoded
@@ -107,10 +108,10 @@ _ITEMS = (
 )
 _PACKETS = select(
     _P.c.id, _P.c.envelope, _P.c.body_sha256, _P.c.body_size, _P.c.body_deleted_at
-).where(_P.c.id.in_(bindparam("ids", expanding=True)))
+).where(in_list(_P.c.id, "ids"))
 _REMOVE = (
     delete(_M)
-    .where(_M.c.organ == bindparam("organ"), _M.c.id.in_(bindparam("ids", expanding=True)))
+    .where(_M.c.organ == bindparam("organ"), in_list(_M.c.id, "ids"))
     .returning(_M.c.packet_id, _M.c.kind)
 )
 

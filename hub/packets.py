@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,6 +43,7 @@ from .auditlog import append_encoded, append_event
 from .blobs import write_stream
 from .clock import now
 from .context import Hub
+from .db import in_list
 from .logs import get_logger
 from .models import DeliveryRow, HubReceiptPending, MailboxItem, Packet
 from .sessions import Caller
@@ -106,7 +107,7 @@ _STORED = select(
     Packet.accepted_at,
     Packet.hub_receipt,
     Packet.transport,
-).where(Packet.id.in_(bindparam("ids", expanding=True)))
+).where(in_list(_table(Packet).c.id, "ids"))
 
 
 async def stored_packets(session: AsyncSession, packet_ids: Sequence[bytes]) -> dict[bytes, Stored]:

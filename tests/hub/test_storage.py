@@ -6,14 +6,15 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import Column, LargeBinary, MetaData, Table, event, select
 
 from hub.blobs import BlobStore
-from hub.db import Base, make_engine
+from hub.db import Base, in_list, make_engine
 from hub.migrate import current_revision, head_revision, upgrade
 from hub.models import DeliveryRow, Packet
 from hub.retention import ORPHAN_MAX_AGE, TEMP_MAX_AGE, collect_garbage
@@ -115,6 +116,39 @@ async def test_migrations_match_the_models(database_url: str) -> None:
     finally:
         await engine.dispose()
     assert diff == []
+
+
+@pytest.mark.asyncio
+async def test_in_list_one_statement_whatever_the_count(database_url: str) -> None:
+    """``in_list`` selects the rows an ``IN`` would, for 0, 1 and many values; on
+    PostgreSQL it is one statement (an array parameter) whatever the number of values."""
+    engine = make_engine(database_url)
+    ids = [os.urandom(16) for _ in range(40)]
+    table = Table("in_list_probe", MetaData(), Column("id", LargeBinary(16), primary_key=True))
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "in_list_probe" in statement and statement.lstrip().startswith("SELECT"):
+            sent.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    query = select(table.c.id).where(in_list(table.c.id, "ids"))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(table.create)
+            await conn.execute(table.insert(), [{"id": i} for i in ids[:30]])
+            for wanted in ([], ids[:1], ids[5:25], ids[25:40], ids):
+                got = {bytes(r[0]) for r in await conn.execute(query, {"ids": wanted})}
+                assert got == set(wanted) & set(ids[:30])
+            await conn.run_sync(table.drop)
+    finally:
+        await engine.dispose()
+    assert len(sent) == 5
+    if engine.dialect.name == "postgresql":
+        assert len(set(sent)) == 1
+        assert "= ANY (" in sent[0]
+    else:
+        assert all(" IN (" in s for s in sent)
 
 
 @pytest.mark.asyncio
