@@ -91,6 +91,9 @@ _SET_STATES = (
     .values(state=bindparam("b_state"), updated_at=bindparam("b_at"))
 )
 _INSERT_MAIL = insert(_M)
+#: The envelope digest of each claimed delivery's packet comes back with it (a subquery
+#: in RETURNING: SQLite allows no other table there).
+_CLAIMED_DIGEST = select(_P.c.envelope_digest).where(_P.c.id == _D.c.packet_id).scalar_subquery()
 _CLAIM = (
     update(_D)
     .where(
@@ -99,7 +102,7 @@ _CLAIM = (
         _D.c.fetched_at.is_(None),
     )
     .values(fetched_at=bindparam("b_at"))
-    .returning(_D.c.packet_id)
+    .returning(_D.c.packet_id, _CLAIMED_DIGEST)
 )
 _CLAIM_INLINE = (
     update(_D)
@@ -115,9 +118,8 @@ _CLAIM_INLINE = (
         _D.c.fetched_at.is_(None),
     )
     .values(fetched_at=bindparam("b_at"))
-    .returning(_D.c.packet_id)
+    .returning(_D.c.packet_id, _CLAIMED_DIGEST)
 )
-_DIGESTS = select(_P.c.id, _P.c.envelope_digest).where(in_list(_P.c.id, "ids"))
 _INSERT_PENDING = insert(_H)
 _READABLE = (
     select(_P.c.id, _P.c.sender, _D.c.organ)
@@ -422,28 +424,23 @@ async def record_fetches_many(
     inline_only: bool = False,
 ) -> int:
     """:func:`record_fetches` for several organs at once: one claim per organ (in order of
-    organ code), the digests, audit events and pending receipts of all in one statement each.
+    organ code) that returns the envelope digests, then the audit events and pending
+    receipts of all in one statement each.
     """
-    claimed: list[tuple[str, bytes]] = []
+    claimed: list[tuple[str, bytes, bytes]] = []
     for organ in sorted(wanted):
         packet_ids = wanted[organ]
         if not packet_ids:
             continue
         params = {"b_organ": organ, "b_ids": sorted(set(packet_ids)), "b_at": at}
-        rows = await conn.scalars(_CLAIM_INLINE if inline_only else _CLAIM, params)
-        claimed += sorted((organ, bytes(pid)) for pid in rows)
+        rows = await conn.execute(_CLAIM_INLINE if inline_only else _CLAIM, params)
+        claimed += sorted((organ, bytes(pid), bytes(digest)) for pid, digest in rows)
     if not claimed:
         return 0
-    ids = sorted({pid for _, pid in claimed})
-    digests = {
-        bytes(pid): bytes(digest) for pid, digest in await conn.execute(_DIGESTS, {"ids": ids})
-    }
     events: list[tuple[bytes, bytes | None]] = []
     pending: list[dict[str, Any]] = []
-    for organ, pid in claimed:
-        event = encode_event(
-            "body_fetched", at, packet_id=pid, envelope_digest=digests[pid], organ=organ
-        )
+    for organ, pid, digest in claimed:
+        event = encode_event("body_fetched", at, packet_id=pid, envelope_digest=digest, organ=organ)
         events.append((event, pid))
         pending.append(
             {"kind": "fetched", "packet_id": pid, "organ": organ, "at": at, "event": event}

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from sqlalchemy import Table, bindparam, delete, select
+from sqlalchemy import Table, and_, bindparam, case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .blobs import BlobStore
@@ -56,6 +56,8 @@ BYTES_BUDGET: Final = 8 * 1024 * 1024
 #: costs a query per waiting office every few seconds for nothing: 5 s cost a third of
 #: a CPU per 1,000 idle offices (tests/bench, scenario 5).
 RECHECK: Final = 30.0
+#: Envelopes up to this size come with their mailbox item (one query for the answer).
+ENVELOPE_WITH_ITEM: Final = 16 * 1024
 ACK_MAX: Final = 5000
 log = get_logger("hub.mailbox")
 
@@ -96,6 +98,16 @@ _ITEMS = (
         _P.c.body_sha256,
         _P.c.body_size,
         _P.c.body_deleted_at,
+        # A small envelope comes with its item: no second query for a packet read once
+        # (most are: one recipient); larger ones are loaded once through the item cache.
+        case(
+            (
+                and_(
+                    _M.c.kind == "envelope", func.length(_P.c.envelope) <= bindparam("envelope_max")
+                ),
+                _P.c.envelope,
+            ),
+        ).label("envelope"),
         _E.c.organ,
         _E.c.status,
         _E.c.signer,
@@ -117,10 +129,18 @@ _REMOVE = (
 
 
 async def _load_packets(
-    hub: Hub, conn: AsyncConnection, packet_ids: list[bytes]
+    hub: Hub, conn: AsyncConnection, packet_ids: list[bytes], read: dict[bytes, Any]
 ) -> dict[bytes, Encoded]:
-    """Envelopes (and small bodies) of these packets, encoded for an answer."""
-    rows = (await conn.execute(_PACKETS, {"ids": packet_ids})).all()
+    """Envelopes (and small bodies) of these packets, encoded for an answer; those in
+    ``read`` (mailbox rows that came with their envelope) are not queried again."""
+    rows: list[Any] = [
+        (pid, row.envelope, row.body_sha256, row.body_size, row.body_deleted_at)
+        for pid in packet_ids
+        if (row := read.get(pid)) is not None
+    ]
+    others = [pid for pid in packet_ids if pid not in read]
+    if others:
+        rows += (await conn.execute(_PACKETS, {"ids": others})).all()
     small = [(bytes(sha256), size) for _, _, sha256, size, deleted in rows if inline(size, deleted)]
     bodies = await hub.blocking(_read_bodies, hub.blobs, small) if small else {}
     out: dict[bytes, Encoded] = {}
@@ -139,15 +159,17 @@ async def _load_packets(
 async def read_items(
     hub: Hub, conn: AsyncConnection, organ: str, limit: int
 ) -> list[dict[str, Any]]:
-    rows = (await conn.execute(_ITEMS, {"organ": organ, "limit": limit})).all()
+    params = {"organ": organ, "limit": limit, "envelope_max": ENVELOPE_WITH_ITEM}
+    rows = (await conn.execute(_ITEMS, params)).all()
     if not rows:
         return []
     envelope_ids = {bytes(r.packet_id) for r in rows if r.kind == "envelope"}
     packets: dict[bytes, Encoded] = {}
     if envelope_ids:
+        read = {bytes(r.packet_id): r for r in rows if r.envelope is not None}
 
         async def load(missing: list[bytes]) -> dict[bytes, Encoded]:
-            return await _load_packets(hub, conn, missing)
+            return await _load_packets(hub, conn, missing, read)
 
         packets = await hub.items.get_many(envelope_ids, load)
     out: list[dict[str, Any]] = []

@@ -120,11 +120,13 @@ class HubCluster:
         self.ports.clear()
 
     def traces(self) -> dict[str, dict[str, int]]:
-        """Round trips and requests per route, summed over the processes (after stop)."""
+        """Round trips and requests per route (and statement), summed over the processes
+        (after stop)."""
         out: dict[str, dict[str, int]] = {
             "round_trips": {},
             "transaction_control": {},
             "requests": {},
+            "statements": {},
         }
         for n in range(self.processes):
             path = self.trace_file(n)

@@ -8,7 +8,8 @@ CLI unchanged, with two wrappers installed first (nothing in ``hub/`` is modifie
 * around the asyncpg calls SQLAlchemy makes (statement execution, ``executemany``,
   ``BEGIN``, ``COMMIT``, ``ROLLBACK``; savepoints are statements): each one is a round trip to
   PostgreSQL, counted against the route of the request that awaited it ("background"
-  for the sequencer, the receipt signer and other tasks).
+  for the sequencer, the receipt signer, group-commit runs and other tasks), and by
+  statement (its first words).
 
 On exit the counts go to OUT.json; :mod:`tests.bench.s1_small` divides them by the
 packets that went through: round trips per packet, by route.
@@ -30,6 +31,13 @@ TRIPS: Counter[str] = Counter()
 #: Of those, BEGIN / COMMIT / ROLLBACK.
 TX: Counter[str] = Counter()
 REQUESTS: Counter[str] = Counter()
+#: Round trips by route and statement (its first words): which statements to work on.
+STATEMENTS: Counter[str] = Counter()
+
+
+def _statement(sql: Any) -> str:
+    words = " ".join(str(sql).split())
+    return words[:90]
 
 
 def _count(fn: Any, tx: bool = False) -> Any:
@@ -39,6 +47,9 @@ def _count(fn: Any, tx: bool = False) -> Any:
         TRIPS[route] += 1
         if tx:
             TX[route] += 1
+            STATEMENTS[f"{route} | {fn.__name__.upper()}"] += 1
+        elif len(args) > 1:
+            STATEMENTS[f"{route} | {_statement(args[1])}"] += 1
         return await fn(*args, **kwargs)
 
     return wrapper
@@ -75,7 +86,12 @@ def install(out: Path) -> None:
     hub.app.problem_middleware = traced  # type: ignore[assignment]
 
     def dump() -> None:
-        doc = {"round_trips": TRIPS, "transaction_control": TX, "requests": REQUESTS}
+        doc = {
+            "round_trips": TRIPS,
+            "transaction_control": TX,
+            "requests": REQUESTS,
+            "statements": STATEMENTS,
+        }
         out.write_text(json.dumps(doc, indent=1))
 
     atexit.register(dump)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from hub import mailbox as hub_mailbox
 from hub.app import create_app
@@ -353,6 +353,38 @@ async def test_fan_out_reads_the_envelope_once(hub_env: HubEnv) -> None:
     for office in offices:  # and again, from the cache
         assert unb64((await mailbox(env, office))[0]["envelope"]) == envelope
     assert env.hub.items.loads - loads == 1
+
+
+@pytest.mark.asyncio
+async def test_small_envelope_comes_with_its_item(
+    hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small envelope is read with its mailbox item (one query for the answer); past
+    ``ENVELOPE_WITH_ITEM`` it is loaded by a second query.  The answers are the same."""
+    env = hub_env
+    w = await world(env)
+    _, envelope, body = await send(env, w.province, [w.yen_lac])
+    queries: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().startswith("SELECT") and "packets" in statement:
+            queries.append(statement)
+
+    event.listen(env.hub.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        answers = []
+        for limit in (hub_mailbox.ENVELOPE_WITH_ITEM, 0):
+            monkeypatch.setattr(hub_mailbox, "ENVELOPE_WITH_ITEM", limit)
+            env.hub.items.clear()
+            queries.clear()
+            [item] = await mailbox(env, w.yen_lac)
+            assert unb64(item["envelope"]) == envelope
+            assert unb64(item["body"]["data"]) == body
+            answers.append(item)
+            assert len(queries) == (1 if limit else 2), queries
+    finally:
+        event.remove(env.hub.engine.sync_engine, "before_cursor_execute", record)
+    assert answers[0] == answers[1]
 
 
 # --- the caches on their own ------------------------------------------------------------
