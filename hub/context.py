@@ -66,6 +66,7 @@ class Hub:
         self.reader = read_engine(self.engine)
         self.reads = make_sessionmaker(self.reader)
         self.notifier.on_sessions_changed(self.tokens.clear)
+        self.tokens.trusted = self.notifier.hears_sessions
 
     async def blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking file I/O off the event loop."""

@@ -14,7 +14,8 @@ A second channel (the first's name + ``_sessions``) says "sessions changed": a k
 revoked or superseded, so every hub process drops the bearer tokens it remembers
 (:class:`hub.sessions.TokenCache`).  It is sent the same way, in the transaction that
 makes the change (:func:`sessions_changed`; the CLI sends it too), and a listener that
-reconnects drops them as well, since it may have missed one.
+reconnects drops them as well, since it may have missed one; while it is away the
+remembered tokens are not used (:meth:`MailboxNotifier.hears_sessions`).
 """
 
 from __future__ import annotations
@@ -126,6 +127,11 @@ class MailboxNotifier:
     def on_sessions_changed(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever sessions may have changed (here or in another process)."""
         self._on_sessions.append(callback)
+
+    def hears_sessions(self) -> bool:
+        """Whether a change of sessions in another process reaches this one now: always on
+        SQLite (one process), on PostgreSQL while the listening connection is up."""
+        return not self._postgres or self._conn is not None
 
     def sessions_dropped(self) -> None:
         for callback in self._on_sessions:

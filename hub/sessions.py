@@ -14,8 +14,11 @@ per-process :class:`TokenCache` for :data:`TOKEN_CACHE_TTL` seconds, and checks 
 and revocation times against *now* on every request.  What changes those rows -- a key
 revoked (``revoke``, by the API or the CLI), a key superseded by a new enrolment --
 clears the cache of every hub process: in-process at once, in the others through a
-PostgreSQL NOTIFY sent in the same transaction (:mod:`hub.notify`).  Should a
-notification be lost, the TTL bounds how long a revoked session may still be accepted.
+PostgreSQL NOTIFY sent in the same transaction (:mod:`hub.notify`).  The cache is used
+only while that notification can arrive: on PostgreSQL, while the process's listening
+connection is up (:meth:`hub.notify.MailboxNotifier.hears_sessions`; a reconnected
+listener clears it, as it may have missed one).  The TTL bounds what is left: a
+connection lost but not yet noticed when a revocation commits.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -39,8 +43,11 @@ from .models import OrganKey, SessionChallenge, SessionToken
 CHALLENGE_SIZE: Final = 32
 #: Outstanding challenges one organ may hold; older ones are dropped past this.
 CHALLENGES_PER_ORGAN: Final = 16
-#: Seconds a looked-up bearer token is trusted without asking the database again.
-TOKEN_CACHE_TTL: Final = 2.0
+#: Seconds a looked-up bearer token is trusted without asking the database again.  A
+#: long-poll waits up to 60 s, and the acknowledgement that follows its answer used to
+#: find the token expired from a 2 s cache: a database lookup per delivery (tests/bench,
+#: scenarios 3 and 5).  Changes reach the cache by notification, not by this expiry.
+TOKEN_CACHE_TTL: Final = 60.0
 #: Tokens one process remembers at most (the oldest lookups dropped first).
 TOKEN_CACHE_SIZE: Final = 50_000
 
@@ -165,16 +172,25 @@ class TokenCache:
     Only tokens found in the database are remembered (an unknown token always asks).
     :meth:`clear` forgets everything; a lookup that started before a clear is not stored
     afterwards (:attr:`generation`), so a row read just before a revocation committed
-    cannot outlive it here.
+    cannot outlive it here.  While ``trusted()`` is false (changes could not reach this
+    process) nothing is looked up here nor stored.
     """
 
-    def __init__(self, ttl: float = TOKEN_CACHE_TTL, size: int = TOKEN_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        ttl: float = TOKEN_CACHE_TTL,
+        size: int = TOKEN_CACHE_SIZE,
+        trusted: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.ttl = ttl
         self.size = size
+        self.trusted = trusted
         self.generation = 0
         self._rows: OrderedDict[bytes, tuple[float, TokenRow]] = OrderedDict()
 
     def get(self, digest: bytes) -> TokenRow | None:
+        if not self.trusted():
+            return None
         found = self._rows.get(digest)
         if found is None:
             return None
@@ -184,7 +200,7 @@ class TokenCache:
         return found[1]
 
     def put(self, digest: bytes, row: TokenRow, generation: int) -> None:
-        if generation != self.generation or self.ttl <= 0:
+        if generation != self.generation or self.ttl <= 0 or not self.trusted():
             return
         self._rows[digest] = (time.monotonic(), row)
         self._rows.move_to_end(digest)

@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import event, select, update
+from sqlalchemy import event, select, text, update
 
 from hub import mailbox as hub_mailbox
+from hub import notify as hub_notify
+from hub import sessions
+from hub.api import common
 from hub.app import create_app
 from hub.context import HUB
 from hub.deliveries import INLINE_BODY_MAX
@@ -480,6 +483,77 @@ def test_token_cache() -> None:
         TokenRow("x", b"k", "office", 10, None, 100).caller(10)
     with pytest.raises(Exception, match="revoked"):
         TokenRow("x", b"k", "office", 100, 5, 100).caller(10)
+
+
+def test_token_cache_unused_while_changes_cannot_arrive() -> None:
+    row = TokenRow("000.00.12.H41", b"k" * 32, "office", 2_000_000_000, None, 2_000_000_000)
+    hears = [True]
+    cache = TokenCache(ttl=60, trusted=lambda: hears[0])
+    cache.put(b"t1", row, cache.generation)
+    hears[0] = False
+    assert cache.get(b"t1") is None  # asks the database
+    cache.put(b"t2", row, cache.generation)
+    hears[0] = True
+    assert cache.get(b"t2") is None  # nothing was stored meanwhile
+    assert cache.get(b"t1") == row  # the listener clears it when it is back
+
+
+@pytest.mark.asyncio
+async def test_lost_listener_stops_the_token_cache(
+    hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL, while the listening connection is down a revocation in another
+    process could not reach this one: every request asks the database, and the listener
+    that comes back forgets what was remembered."""
+    env = hub_env
+    if not env.settings.database_url.startswith("postgresql"):
+        pytest.skip("notifications across processes are PostgreSQL's")
+    w = await world(env)
+    hub = env.hub
+    lookups: list[bytes] = []
+    original = sessions.find_token
+
+    async def counted(conn: Any, digest: bytes) -> Any:
+        lookups.append(digest)
+        return await original(conn, digest)
+
+    monkeypatch.setattr(common, "find_token", counted)
+
+    async def poll() -> None:
+        assert (await env.client.get("/v1/mailbox", headers=w.yen_lac.headers)).status == 200
+
+    await poll()
+    await poll()
+    assert len(lookups) == 1  # remembered
+    assert hub.notifier.hears_sessions()
+    # The listener's connection goes, and cannot come back for now.
+    real_connect = hub_notify.asyncpg.connect
+
+    async def refused(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError("no database for the listener")
+
+    monkeypatch.setattr(hub_notify.asyncpg, "connect", refused)
+    listener = hub.notifier._conn.get_server_pid()
+    async with hub.engine.connect() as conn:
+        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": listener})
+
+    async def deaf() -> bool:
+        return not hub.notifier.hears_sessions()
+
+    assert await eventually(deaf, within=5.0)
+    await poll()
+    await poll()
+    assert len(lookups) == 3  # each asked the database
+    monkeypatch.setattr(hub_notify.asyncpg, "connect", real_connect)
+
+    async def back() -> bool:
+        return hub.notifier.hears_sessions()
+
+    assert await eventually(back, within=15.0)
+    assert len(hub.tokens) == 0
+    await poll()
+    await poll()
+    assert len(lookups) == 4  # asked once, then remembered again
 
 
 def _plain(value: object) -> object:
