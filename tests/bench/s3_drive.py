@@ -9,13 +9,10 @@ py-spy's summary of the hub (raw stacks kept there).
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 from . import s3_s5_offices as s35
-from .common import database
 from .run import FULL
 
 
@@ -25,18 +22,14 @@ def main(argv: list[str]) -> None:
         raise SystemExit("the key kind is classic or hybrid")
     profile = Path(argv[2]) if len(argv) > 2 else None
     cfg = {**FULL, "fanout": offices}
-    with tempfile.TemporaryDirectory() as tmp, database("lt_bench_s3d") as url:
-        cluster, path, targets, _, _ = s35._setup(
-            Path(tmp), "s3", url, cfg, kind == "hybrid", offices, 0
-        )
-        try:
-            out = s35.fanout(cluster, path, targets, cfg, profile)
-        finally:
-            cluster.stop()
-    summary = out.pop("profile", None)
-    print(json.dumps(out, indent=1))
-    if summary is not None:
-        print(json.dumps(summary, indent=1))
+    s35.drive(
+        "s3",
+        cfg,
+        kind == "hybrid",
+        offices,
+        0,
+        lambda cluster, path, targets, _: s35.fanout(cluster, path, targets, cfg, profile),
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ long-poll answering.  Hub resident memory is sampled throughout.
 from __future__ import annotations
 
 import asyncio
+import json
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -360,6 +363,28 @@ def run(work: Path, cfg: dict[str, Any], profile: bool = False) -> dict[str, dic
         finally:
             cluster.stop()
     return out
+
+
+Phase = Callable[[HubCluster, Path, list[str], list[str]], dict[str, Any]]
+
+
+def drive(
+    name: str, cfg: dict[str, Any], hybrid: bool, polling: int, senders: int, phase: Phase
+) -> None:
+    """One phase alone on a throwaway database and hub (the profiling aids ``s3_drive``
+    and ``s5_drive``): prints its figures as JSON, then py-spy's summary if it profiled."""
+    with tempfile.TemporaryDirectory() as tmp, database(f"lt_bench_{name}d") as url:
+        cluster, path, targets, sending, _ = _setup(
+            Path(tmp), name, url, cfg, hybrid, polling, senders
+        )
+        try:
+            out = phase(cluster, path, targets, sending)
+        finally:
+            cluster.stop()
+    summary = out.pop("profile", None)
+    print(json.dumps(out, indent=1))
+    if summary is not None:
+        print(json.dumps(summary, indent=1))
 
 
 def _with_hub_errors(exc: Exception, cluster: HubCluster) -> RuntimeError:

@@ -9,13 +9,10 @@ as JSON and, with PROFILE_DIR, py-spy's summary of the hub (raw stacks kept ther
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 from . import s3_s5_offices as s35
-from .common import database
 from .run import QUICK
 
 
@@ -29,18 +26,16 @@ def main(argv: list[str]) -> None:
         "connections": offices,
         "max_inflight": 400,
     }
-    with tempfile.TemporaryDirectory() as tmp, database("lt_bench_s5d") as url:
-        cluster, path, targets, senders, _ = s35._setup(
-            Path(tmp), "s5", url, cfg, False, offices, cfg["senders"]
-        )
-        try:
-            out = s35.connections(cluster, path, targets, senders, cfg, profile)
-        finally:
-            cluster.stop()
-    summary = out.pop("profile", None)
-    print(json.dumps(out, indent=1))
-    if summary is not None:
-        print(json.dumps(summary, indent=1))
+    s35.drive(
+        "s5",
+        cfg,
+        False,
+        offices,
+        cfg["senders"],
+        lambda cluster, path, targets, senders: s35.connections(
+            cluster, path, targets, senders, cfg, profile
+        ),
+    )
 
 
 if __name__ == "__main__":
