@@ -27,6 +27,8 @@ from .logs import get_logger
 
 _RID_RE: Final = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 PROBLEM_TYPE: Final = "application/problem+json"
+#: The status recorded (metrics, access log) for a request whose client disconnected.
+CLIENT_GONE: Final = 499
 log = get_logger("hub.http")
 
 
@@ -65,6 +67,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:  # passed through on purpose (see _answer)
         status = exc.status
         raise
+    except ConnectionResetError:
+        # The client went away while a streamed answer (a large mailbox answer, a body)
+        # was being written: not our error, and nothing to log a traceback for.  Counted
+        # as 499 (as nginx does); the answer returned goes nowhere (aiohttp finds the
+        # connection closed and only logs the access).
+        status = CLIENT_GONE
+        return web.Response(status=CLIENT_GONE)
     finally:
         elapsed = time.perf_counter() - started
         metrics = request.app[METRICS]
