@@ -27,7 +27,8 @@ from .logs import get_logger
 
 _RID_RE: Final = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 PROBLEM_TYPE: Final = "application/problem+json"
-#: The status recorded (metrics, access log) for a request whose client disconnected.
+#: The status recorded (metrics, access log) for a request whose client disconnected or
+#: whose handler was cancelled.
 CLIENT_GONE: Final = 499
 log = get_logger("hub.http")
 
@@ -67,7 +68,15 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:  # passed through on purpose (see _answer)
         status = exc.status
         raise
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when its client disconnects (a long-poll given up, a
+        # streamed answer abandoned), as does a server stopping: not an error of ours.
+        status = CLIENT_GONE
+        raise
     except ConnectionResetError:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            raise  # a handler breaking its own answer on purpose (a blob shorter than recorded)
         # The client went away while a streamed answer (a large mailbox answer, a body)
         # was being written: not our error, and nothing to log a traceback for.  Counted
         # as 499 (as nginx does); the answer returned goes nowhere (aiohttp finds the
