@@ -107,6 +107,10 @@ _SET_ACCEPTED: Final = (
 )
 _INSERT_FETCHED: Final = insert(_E).returning(_E.c.id, _E.c.packet_id, _E.c.at)
 _INSERT_MAIL: Final = insert(_M)
+#: Receipts another process (or the background loop) signed for packets waited for here.
+_SIGNED_ELSEWHERE: Final = select(_P.c.id, _P.c.hub_receipt).where(
+    in_list(_P.c.id, "ids"), _P.c.hub_receipt.is_not(None)
+)
 _DONE: Final = delete(_H).where(in_list(_H.c.id, "ids"))
 _ANY_PENDING: Final = select(_H.c.id).limit(1)
 
@@ -407,11 +411,7 @@ class ReceiptSigner:
                     return found
                 # Signed by another process (or, in SQLite mode, by the background loop)?
                 async with self._sessions() as session:
-                    rows = await session.execute(
-                        select(Packet.id, Packet.hub_receipt).where(
-                            Packet.id.in_(list(mine)), Packet.hub_receipt.is_not(None)
-                        )
-                    )
+                    rows = await session.execute(_SIGNED_ELSEWHERE, {"ids": list(mine)})
                 for packet_id, raw in rows:
                     if raw is not None and bytes(packet_id) in mine:
                         found[bytes(packet_id)] = bytes(raw)

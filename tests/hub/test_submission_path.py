@@ -40,6 +40,18 @@ from .helpers import (
 pytestmark = pytest.mark.asyncio
 
 
+async def test_a_receipt_signed_elsewhere_is_read_back(hub_env: HubEnv) -> None:
+    """A submission waiting for its ``accepted`` receipt that another process (or the
+    background loop) signed meanwhile finds it on the packet row: nothing is pending
+    here for it, so only that read can give it."""
+    w = await world(hub_env)
+    sealed = [seal(w.province, [w.yen_lac], data=f"Thông báo {i}".encode()) for i in range(3)]
+    results = await submit_batch(hub_env, w.province, sealed)
+    ids = [parse_envelope(envelope).packet_id for envelope, _ in sealed]
+    found = await hub_env.hub.signer.wait_accepted_many(ids, 2.0)
+    assert found == {pid: unb64(r["receipt"]) for pid, r in zip(ids, results, strict=True)}
+
+
 async def test_lookup_entries_of_the_asked_and_tree_above(hub_env: HubEnv) -> None:
     await world(hub_env)
     hub = hub_env.hub
