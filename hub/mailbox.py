@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .blobs import BlobStore
 from .clock import now
-from .db import in_list
+from .db import in_list, read_rows
 from .deliveries import INLINE_BODY_MAX, record_fetches_many
 from .logs import get_logger
 from .mailcache import B64, Encoded
@@ -129,26 +129,30 @@ _REMOVE = (
 
 
 async def _load_packets(
-    hub: Hub, conn: AsyncConnection, packet_ids: list[bytes], read: dict[bytes, Any]
+    hub: Hub, conn: AsyncConnection, packet_ids: list[bytes], read: dict[bytes, Mapping[str, Any]]
 ) -> dict[bytes, Encoded]:
     """Envelopes (and small bodies) of these packets, encoded for an answer; those in
     ``read`` (mailbox rows that came with their envelope) are not queried again."""
-    rows: list[Any] = [
-        (pid, row.envelope, row.body_sha256, row.body_size, row.body_deleted_at)
-        for pid in packet_ids
-        if (row := read.get(pid)) is not None
-    ]
+    rows: list[Mapping[str, Any]] = [read[pid] for pid in packet_ids if pid in read]
     others = [pid for pid in packet_ids if pid not in read]
     if others:
-        rows += (await conn.execute(_PACKETS, {"ids": others})).all()
-    small = [(bytes(sha256), size) for _, _, sha256, size, deleted in rows if inline(size, deleted)]
+        for row in await read_rows(conn, _PACKETS, {"ids": others}):
+            rows.append({**row, "packet_id": row["id"]})
+    small = [
+        (bytes(r["body_sha256"]), r["body_size"])
+        for r in rows
+        if inline(r["body_size"], r["body_deleted_at"])
+    ]
     bodies = await hub.blocking(_read_bodies, hub.blobs, small) if small else {}
     out: dict[bytes, Encoded] = {}
-    for pid, envelope, sha256, size, deleted in rows:
-        body = bodies.get(bytes(sha256)) if inline(size, deleted) else None
-        if inline(size, deleted) and body is None:
-            log.warning("small body not readable: served by download", packet_id=bytes(pid).hex())
-        out[bytes(pid)] = Encoded(
+    for r in rows:
+        pid, envelope = bytes(r["packet_id"]), r["envelope"]
+        body = None
+        if inline(r["body_size"], r["body_deleted_at"]):
+            body = bodies.get(bytes(r["body_sha256"]))
+            if body is None:
+                log.warning("small body not readable: served by download", packet_id=pid.hex())
+        out[pid] = Encoded(
             envelope=_b64(envelope),
             envelope_size=len(envelope),
             body=None if body is None else _b64(body),
@@ -159,14 +163,15 @@ async def _load_packets(
 async def read_items(
     hub: Hub, conn: AsyncConnection, organ: str, limit: int
 ) -> list[dict[str, Any]]:
+    """The organ's items for an answer, on a connection of ``hub.reader`` (no transaction)."""
     params = {"organ": organ, "limit": limit, "envelope_max": ENVELOPE_WITH_ITEM}
-    rows = (await conn.execute(_ITEMS, params)).all()
+    rows = await read_rows(conn, _ITEMS, params)
     if not rows:
         return []
-    envelope_ids = {bytes(r.packet_id) for r in rows if r.kind == "envelope"}
+    envelope_ids = {bytes(r["packet_id"]) for r in rows if r["kind"] == "envelope"}
     packets: dict[bytes, Encoded] = {}
     if envelope_ids:
-        read = {bytes(r.packet_id): r for r in rows if r.envelope is not None}
+        read = {bytes(r["packet_id"]): r for r in rows if r["envelope"] is not None}
 
         async def load(missing: list[bytes]) -> dict[bytes, Encoded]:
             return await _load_packets(hub, conn, missing, read)
@@ -175,36 +180,38 @@ async def read_items(
     out: list[dict[str, Any]] = []
     budget = BYTES_BUDGET
     for row in rows:
+        kind, packet_id = row["kind"], bytes(row["packet_id"])
         doc: dict[str, Any] = {
-            "id": row.id,
-            "kind": row.kind,
-            "packet_id": str(uuid.UUID(bytes=bytes(row.packet_id))),
-            "urgency": row.urgency,
-            "created_at": row.created_at,
+            "id": row["id"],
+            "kind": kind,
+            "packet_id": str(uuid.UUID(bytes=packet_id)),
+            "urgency": row["urgency"],
+            "created_at": row["created_at"],
         }
-        if row.kind == "envelope":
-            packet = packets.get(bytes(row.packet_id))
+        if kind == "envelope":
+            packet = packets.get(packet_id)
             if packet is None:
                 continue
-            body = packet.body if inline(row.body_size, row.body_deleted_at) else None
-            size = packet.envelope_size + (row.body_size if body is not None else 0)
+            body_size = row["body_size"]
+            body = packet.body if inline(body_size, row["body_deleted_at"]) else None
+            size = packet.envelope_size + (body_size if body is not None else 0)
             if out and size > budget:
                 break
             budget -= size
-            sha256 = bytes(row.body_sha256).hex()
+            sha256 = bytes(row["body_sha256"]).hex()
             doc["envelope"] = packet.envelope
-            doc["body"] = {"sha256": sha256, "size": row.body_size, "url": f"/v1/bodies/{sha256}"}
+            doc["body"] = {"sha256": sha256, "size": body_size, "url": f"/v1/bodies/{sha256}"}
             if body is not None:
                 doc["body"]["data"] = body
         else:
-            if row.receipt is None:
+            if row["receipt"] is None:
                 continue
             doc.update(
                 {
-                    "organ": row.organ,
-                    "status": row.status,
-                    "signer": row.signer,
-                    "receipt": _b64(row.receipt),
+                    "organ": row["organ"],
+                    "status": row["status"],
+                    "signer": row["signer"],
+                    "receipt": _b64(row["receipt"]),
                 }
             )
         out.append(doc)

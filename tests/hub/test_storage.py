@@ -5,16 +5,27 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, LargeBinary, MetaData, Table, event, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    event,
+    select,
+)
 
 from hub.blobs import BlobStore
-from hub.db import Base, in_list, make_engine
+from hub.db import Base, in_list, make_engine, read_engine, read_rows
 from hub.migrate import current_revision, head_revision, upgrade
 from hub.models import DeliveryRow, Packet
 from hub.retention import ORPHAN_MAX_AGE, TEMP_MAX_AGE, collect_garbage
@@ -149,6 +160,66 @@ async def test_in_list_one_statement_whatever_the_count(database_url: str) -> No
         assert "= ANY (" in sent[0]
     else:
         assert all(" IN (" in s for s in sent)
+
+
+@pytest.mark.asyncio
+async def test_read_rows_gives_what_sqlalchemy_gives(database_url: str) -> None:
+    """``read_rows`` on a reader connection returns the rows SQLAlchemy returns, by column
+    name (literal values, a list, a limit, NULL, bytes, Vietnamese text); on PostgreSQL
+    without going through SQLAlchemy's execution."""
+    engine = make_engine(database_url)
+    reader = read_engine(engine)
+    meta = MetaData()
+    table = Table(
+        "read_rows_probe",
+        meta,
+        Column("id", BigInteger, primary_key=True),
+        Column("kind", String(16)),
+        Column("name", String(64)),
+        Column("data", LargeBinary, nullable=True),
+    )
+    names = ["Hồng Lạc", unicodedata.normalize("NFD", "Hồng Lạc"), "Yên Lạc"]
+    query = (
+        select(table.c.id, table.c.name, table.c.data)
+        .where(table.c.kind == "envelope", in_list(table.c.id, "ids"))
+        .order_by(table.c.id)
+        .limit(bindparam("limit"))
+    )
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "read_rows_probe" in statement:
+            sent.append(statement)
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(meta.create_all)
+            await conn.execute(
+                table.insert(),
+                [
+                    {"id": i, "kind": "envelope" if i % 2 else "receipt", "name": names[i % 3],
+                     "data": os.urandom(i) if i % 3 else None}
+                    for i in range(1, 13)
+                ],
+            )  # fmt: skip
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        params = {"ids": [1, 2, 3, 5, 9, 11, 40], "limit": 4}
+        async with reader.connect() as conn:
+            expected = [dict(r._mapping) for r in await conn.execute(query, params)]
+            sent.clear()
+            got = [dict(r) for r in await read_rows(conn, query, params)]
+            again = await read_rows(conn, query, {"ids": [], "limit": 4})
+        assert got == expected
+        assert [r["id"] for r in got] == [1, 3, 5, 9]
+        assert got[1]["data"] is None
+        assert got[0]["name"] == names[1]
+        assert list(again) == []
+        assert len(sent) == (0 if engine.dialect.name == "postgresql" else 2)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+        async with engine.begin() as conn:
+            await conn.run_sync(meta.drop_all)
+        await engine.dispose()
 
 
 @pytest.mark.asyncio
