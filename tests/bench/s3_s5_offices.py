@@ -113,7 +113,12 @@ def _setup(
     trace: bool = False,
 ) -> tuple[HubCluster, Path, list[str], list[str], dict[str, Any]]:
     cluster = HubCluster(
-        work / f"{name}-hub", url, processes=cfg["hub_procs"], hybrid=hybrid, trace=trace
+        work / f"{name}-hub",
+        url,
+        processes=cfg["hub_procs"],
+        hybrid=hybrid,
+        trace=trace,
+        settings=dict(cfg.get("hub_settings", {})),
     )
     cluster.root.mkdir(parents=True, exist_ok=True)
     cluster.init().start()
