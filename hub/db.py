@@ -132,8 +132,10 @@ def read_engine(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
-#: Statements compiled for PostgreSQL by :func:`read_rows`: (SQL text, compiled form).
-_COMPILED: dict[tuple[int, str], tuple[ClauseElement, SQLCompiler]] = {}
+#: Statements compiled for PostgreSQL by :func:`read_rows`, by identity: (the statement,
+#: kept so that its id is not reused, and its compiled form).  Meant for module-level
+#: statements, so it holds a handful.
+_COMPILED: dict[int, tuple[ClauseElement, SQLCompiler]] = {}
 
 
 async def read_rows(
@@ -153,11 +155,10 @@ async def read_rows(
     if conn.dialect.name != "postgresql":
         result = await conn.execute(statement, params)  # type: ignore[call-overload]
         return [cast(Mapping[str, Any], row._mapping) for row in result]
-    key = (id(statement), conn.dialect.name)
-    found = _COMPILED.get(key)
+    found = _COMPILED.get(id(statement))
     if found is None or found[0] is not statement:
         found = (statement, cast(SQLCompiler, statement.compile(dialect=conn.dialect)))
-        _COMPILED[key] = found
+        _COMPILED[id(statement)] = found
     compiled = found[1]
     values = compiled.construct_params(params)
     raw = await conn.get_raw_connection()

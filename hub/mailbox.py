@@ -118,8 +118,13 @@ _ITEMS = (
     .order_by(_M.c.urgency.desc(), _M.c.id)
     .limit(bindparam("limit"))
 )
+#: The same column names as the items' rows (which may carry the envelope already).
 _PACKETS = select(
-    _P.c.id, _P.c.envelope, _P.c.body_sha256, _P.c.body_size, _P.c.body_deleted_at
+    _P.c.id.label("packet_id"),
+    _P.c.envelope,
+    _P.c.body_sha256,
+    _P.c.body_size,
+    _P.c.body_deleted_at,
 ).where(in_list(_P.c.id, "ids"))
 _REMOVE = (
     delete(_M)
@@ -136,8 +141,7 @@ async def _load_packets(
     rows: list[Mapping[str, Any]] = [read[pid] for pid in packet_ids if pid in read]
     others = [pid for pid in packet_ids if pid not in read]
     if others:
-        for row in await read_rows(conn, _PACKETS, {"ids": others}):
-            rows.append({**row, "packet_id": row["id"]})
+        rows += await read_rows(conn, _PACKETS, {"ids": others})
     small = [
         (bytes(r["body_sha256"]), r["body_size"])
         for r in rows

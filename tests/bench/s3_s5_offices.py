@@ -280,8 +280,7 @@ def connections(
         if prof:
             prof.__enter__()
         try:
-            watch = _MailboxWatch(cluster.database_url, len(targets))
-            with _RssSampler(cluster.pids) as rss, watch:
+            with _RssSampler(cluster.pids) as rss:
                 meter.start()
                 sender.go()
                 sent = sender.finish(seconds + 300)
