@@ -273,7 +273,10 @@ class Dovecot:
     def _own(self) -> None:
         if os.geteuid() == 0:
             for path in [self.root, *self.root.rglob("*")]:
-                os.chown(path, self.uid, self.gid)
+                # A running Dovecot writes and renames its own files meanwhile (e.g.
+                # run/auth-token-secret.dat.tmp): one gone needs no owner.
+                with contextlib.suppress(FileNotFoundError):
+                    os.chown(path, self.uid, self.gid)
 
     def start(self) -> Dovecot:
         for sub in ("run", "state", "mail"):
