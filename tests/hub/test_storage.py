@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -25,7 +26,7 @@ from sqlalchemy import (
 )
 
 from hub.blobs import BlobStore
-from hub.db import Base, in_list, make_engine, read_engine, read_rows
+from hub.db import Base, in_list, make_engine, read_engine, read_rows, run
 from hub.migrate import current_revision, head_revision, upgrade
 from hub.models import DeliveryRow, Packet
 from hub.retention import ORPHAN_MAX_AGE, TEMP_MAX_AGE, collect_garbage
@@ -215,6 +216,84 @@ async def test_read_rows_gives_what_sqlalchemy_gives(database_url: str) -> None:
         assert got[0]["name"] == names[1]
         assert list(again) == []
         assert len(sent) == (0 if engine.dialect.name == "postgresql" else 2)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+        async with engine.begin() as conn:
+            await conn.run_sync(meta.drop_all)
+        await engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_run_writes_in_the_callers_transaction(database_url: str) -> None:
+    """``run`` executes prebuilt statements inside the caller's transaction (a rollback
+    undoes them, even when ``run`` sent the first statement), gives rows, row counts and
+    SQLAlchemy's IntegrityError, and leaves to SQLAlchemy what needs its conversions; on
+    PostgreSQL without going through SQLAlchemy's execution."""
+    engine = make_engine(database_url)
+    meta = MetaData()
+    table = Table(
+        "run_probe",
+        meta,
+        Column("id", BigInteger, primary_key=True),
+        Column("name", String(64)),
+        Column("data", LargeBinary, nullable=True),
+        Column("seen", BigInteger, nullable=False, default=7),
+    )
+    names = ["Hồng Lạc", unicodedata.normalize("NFD", "Hồng Lạc"), "Yên Lạc"]
+    add = table.insert()
+    rename = table.update().where(in_list(table.c.id, "ids")).values(name=bindparam("new"))
+    take = (
+        table.delete()
+        .where(table.c.id == bindparam("id"))
+        .returning(table.c.id, table.c.name, table.c.data)
+    )
+    listed = select(table.c.id, table.c.name, table.c.data).order_by(table.c.id)
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "run_probe" in statement:
+            sent.append(statement)
+
+    rows = [
+        {"id": i, "name": names[i % 3], "data": os.urandom(i) if i % 2 else None, "seen": i}
+        for i in range(1, 6)
+    ]
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(meta.create_all)
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        async with engine.begin() as conn:
+            assert (await run(conn, add, rows)).rowcount == 5
+            assert (await run(conn, rename, {"ids": [2, 3, 40], "new": names[2]})).rowcount == 2
+            gone = await run(conn, take, {"id": 5})
+            assert [tuple(r) for r in gone] == [(5, names[2], rows[4]["data"])]
+            got = await run(conn, listed)
+        assert [tuple(r) for r in got] == [
+            (1, names[1], rows[0]["data"]),
+            (2, names[2], None),
+            (3, names[2], rows[2]["data"]),
+            (4, names[1], None),
+        ]
+        assert got.scalars() == [1, 2, 3, 4] and got.scalar() == 1 and len(got) == 4
+        assert len(sent) == (0 if engine.dialect.name == "postgresql" else 4)
+        # Written by run as the transaction's first statement, then rolled back: gone.
+        with pytest.raises(RuntimeError):
+            async with engine.begin() as conn:
+                await run(conn, add, {"id": 9, "name": "x", "data": None, "seen": 0})
+                raise RuntimeError("abandon")
+        # A duplicate key: SQLAlchemy's error, and the transaction rolls back.
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await run(conn, add, {"id": 10, "name": "x", "data": None, "seen": 0})
+                await run(conn, add, {"id": 1, "name": "x", "data": None, "seen": 0})
+        # A Python-side column default (seen): through SQLAlchemy, which fills it in.
+        sent.clear()
+        async with engine.begin() as conn:
+            await run(conn, add, {"id": 11, "name": "mặc định", "data": None})
+        assert len(sent) == 1
+        async with engine.connect() as conn:
+            ids = (await conn.execute(select(table.c.id, table.c.seen))).all()
+        assert sorted(ids) == [(1, 1), (2, 2), (3, 3), (4, 4), (11, 7)]
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
         async with engine.begin() as conn:
