@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ BYTES_BUDGET: Final = 8 * 1024 * 1024
 #: costs a query per waiting office every few seconds for nothing: 5 s cost a third of
 #: a CPU per 1,000 idle offices (tests/bench, scenario 5).
 RECHECK: Final = 30.0
+#: An empty long-poll answer comes between ``wait * (1 - WAIT_JITTER)`` and ``wait`` seconds:
+#: 2,000 offices polling in step, all answered and polling again within a second, held
+#: the hub's two CPUs for 1.8 s every 30 s (tests/bench, scenario 5: delivery p99 1 s at
+#: 20 packets/s); spread over the last fifth of the wait, they drift apart each round.
+WAIT_JITTER: Final = 0.2
 #: Envelopes up to this size come with their mailbox item (one query for the answer).
 ENVELOPE_WITH_ITEM: Final = 16 * 1024
 ACK_MAX: Final = 5000
@@ -268,8 +274,15 @@ async def _ack_many(hub: Hub, acks: Sequence[_Ack]) -> dict[_Ack, int]:
 
 
 async def long_poll(hub: Hub, organ: str, wait: float, limit: int) -> list[dict[str, Any]]:
+    """The office's items, waiting for some up to ``wait`` seconds.
+
+    An empty answer comes at a random point of the last :data:`WAIT_JITTER` of the wait:
+    offices that began polling together (a hub restart, a network back) would otherwise
+    all come back in the same second, every ``wait`` seconds, for as long as they run.
+    """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
+    spread = WAIT_JITTER * random.random()  # noqa: S311 (spreading load, not a secret)
+    deadline = loop.time() + wait * (1 - spread)
     with hub.notifier.listen(organ) as woken:
         while True:
             woken.clear()

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -379,12 +381,19 @@ def drive(
     and ``s5_drive``): prints its figures as JSON, then py-spy's summary if it profiled."""
     with tempfile.TemporaryDirectory() as tmp, database(f"lt_bench_{name}d") as url:
         cluster, path, targets, sending, _ = _setup(
-            Path(tmp), name, url, cfg, hybrid, polling, senders
+            Path(tmp), name, url, cfg, hybrid, polling, senders, trace=cfg.get("trace", False)
         )
         try:
             out = phase(cluster, path, targets, sending)
         finally:
             cluster.stop()
+            keep = os.environ.get("LT_BENCH_KEEP_LOGS")
+            if keep:  # the hub's logs (request times, errors) outlive the temporary folder
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                for log_file in cluster.root.glob("hub-*.log"):
+                    shutil.copy(log_file, Path(keep) / log_file.name)
+        if cfg.get("trace"):
+            out["traces"] = cluster.traces()
     summary = out.pop("profile", None)
     print(json.dumps(out, indent=1))
     if summary is not None:

@@ -11,6 +11,7 @@ summary of the hub (raw stacks kept there).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def main(argv: list[str]) -> None:
         "connections": offices,
         "max_inflight": 400,
         "hub_settings": settings,
+        "trace": os.environ.get("LT_BENCH_TRACE") == "1",
     }
     s35.drive(
         "s5",

@@ -359,6 +359,21 @@ async def test_fan_out_reads_the_envelope_once(hub_env: HubEnv) -> None:
 
 
 @pytest.mark.asyncio
+async def test_empty_long_poll_ends_in_the_last_fifth_of_its_wait(
+    hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty answer comes at a random point of the last fifth of the wait (offices
+    that began together drift apart): at the extremes of the draw, 1.6 s and 2 s."""
+    env = hub_env
+    w = await world(env)
+    for draw, low, high in ((1.0, 1.55, 1.9), (0.0, 1.95, 2.5)):
+        monkeypatch.setattr(hub_mailbox.random, "random", lambda draw=draw: draw)
+        started = time.monotonic()
+        assert await mailbox(env, w.yen_lac, wait=2) == []
+        assert low <= time.monotonic() - started < high
+
+
+@pytest.mark.asyncio
 async def test_small_envelope_comes_with_its_item(
     hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -24,6 +23,7 @@ from sqlalchemy import (
     event,
     select,
 )
+from sqlalchemy.exc import IntegrityError
 
 from hub.blobs import BlobStore
 from hub.db import Base, in_list, make_engine, read_engine, read_rows, run
@@ -274,18 +274,28 @@ async def test_run_writes_in_the_callers_transaction(database_url: str) -> None:
             (3, names[2], rows[2]["data"]),
             (4, names[1], None),
         ]
-        assert got.scalars() == [1, 2, 3, 4] and got.scalar() == 1 and len(got) == 4
+        assert got.scalars() == [1, 2, 3, 4]
+        assert got.scalar() == 1
+        assert len(got) == 4
         assert len(sent) == (0 if engine.dialect.name == "postgresql" else 4)
+
         # Written by run as the transaction's first statement, then rolled back: gone.
-        with pytest.raises(RuntimeError):
+        async def abandoned() -> None:
             async with engine.begin() as conn:
                 await run(conn, add, {"id": 9, "name": "x", "data": None, "seen": 0})
                 raise RuntimeError("abandon")
+
+        with pytest.raises(RuntimeError):
+            await abandoned()
+
         # A duplicate key: SQLAlchemy's error, and the transaction rolls back.
-        with pytest.raises(IntegrityError):
+        async def duplicate() -> None:
             async with engine.begin() as conn:
                 await run(conn, add, {"id": 10, "name": "x", "data": None, "seen": 0})
                 await run(conn, add, {"id": 1, "name": "x", "data": None, "seen": 0})
+
+        with pytest.raises(IntegrityError):
+            await duplicate()
         # A Python-side column default (seen): through SQLAlchemy, which fills it in.
         sent.clear()
         async with engine.begin() as conn:
