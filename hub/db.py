@@ -153,21 +153,22 @@ def read_engine(engine: AsyncEngine) -> AsyncEngine:
 #: execution).  Meant for module-level statements: past :data:`_COMPILED_MAX` entries a
 #: statement is compiled for the one call (a statement built per call would otherwise
 #: keep every one alive here).
-_COMPILED: dict[tuple[int, tuple[str, ...]], tuple[ClauseElement, SQLCompiler | None]] = {}
+_COMPILED: dict[tuple[int, tuple[str, ...], bool], tuple[ClauseElement, SQLCompiler | None]] = {}
 _COMPILED_MAX = 512
 
 
 def _compile(
-    statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...] = ()
+    statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...] = (), many: bool = False
 ) -> SQLCompiler | None:
     """``statement`` compiled for ``dialect``, or None if only SQLAlchemy can run it: a
     column default computed in Python, or a parameter type with a conversion."""
-    key = (id(statement), keys)
+    key = (id(statement), keys, many)
     found = _COMPILED.get(key)
     if found is not None and found[0] is statement:
         return found[1]
     compiled: SQLCompiler | None = cast(
-        SQLCompiler, statement.compile(dialect=dialect, column_keys=list(keys) or None)
+        SQLCompiler,
+        statement.compile(dialect=dialect, column_keys=list(keys) or None, for_executemany=many),
     )
     assert compiled is not None
     if (
@@ -225,6 +226,21 @@ def _translate(error: Exception, sql: str, args: Any) -> Exception:
     return sa_exc.DBAPIError(sql, args, error, connection_invalidated=False)
 
 
+def _positional(
+    compiled: SQLCompiler, names: Sequence[str], params: Mapping[str, Any] | None
+) -> list[Any]:
+    """The statement's parameters in order: straight from ``params`` when it names them
+    all (the usual case: 0.5 against 4 us for four columns), else through SQLAlchemy
+    (values bound in the statement itself)."""
+    if params is not None:
+        try:
+            return [params[name] for name in names]
+        except KeyError:
+            pass
+    values = compiled.construct_params(params)
+    return [values[name] for name in names]
+
+
 async def run(
     conn: AsyncConnection | AsyncSession,
     statement: ClauseElement,
@@ -252,7 +268,7 @@ async def run(
         first = cast(Sequence[Mapping[str, Any]], params)[0] if many else params
         keys = tuple(cast(Mapping[str, Any], first))
     compiled = (
-        None if conn.dialect.name != "postgresql" else _compile(statement, conn.dialect, keys)
+        None if conn.dialect.name != "postgresql" else _compile(statement, conn.dialect, keys, many)
     )
     if compiled is None:
         result = await conn.execute(statement, params)  # type: ignore[call-overload]
@@ -271,11 +287,10 @@ async def run(
         if many:
             assert not compiled.effective_returning, "executemany gives no rows back"
             batch = cast(Sequence[Mapping[str, Any]], params)
-            args = [[v[n] for n in names] for v in map(compiled.construct_params, batch)]
+            args = [_positional(compiled, names, one) for one in batch]
             await driver.executemany(sql, args)
             return Rows((), len(batch))
-        values = compiled.construct_params(cast(Mapping[str, Any] | None, params))
-        arg = [values[n] for n in names]
+        arg = _positional(compiled, names, cast(Mapping[str, Any] | None, params))
         if compiled.effective_returning or isinstance(statement, Select):
             found = await driver.fetch(sql, *arg)
             return Rows(found, len(found))

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from protocol.audit import encode_event
 
+from ..db import run
 from .models import LogPending
 
 
@@ -45,7 +46,8 @@ async def append_encoded(
     """Queue many events, already encoded (:func:`protocol.audit.encode_event`), with
     their packet ids, in the caller's transaction: one INSERT for all of them, in order."""
     if events:
-        await db.execute(
+        await run(
+            db,
             _INSERT_PENDING,
             [{"data": data, "packet_id": packet_id} for data, packet_id in events],
         )

@@ -60,7 +60,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import BigInteger, bindparam, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from protocol.bundle import log_signer
@@ -69,6 +69,7 @@ from protocol.errors import LocalError
 from protocol.keys import SigningPrivateKey
 from protocol.merkle import Frontier, consistency_proof, leaf_hash, tree_hash, verify_consistency
 
+from ..db import run
 from ..logs import get_logger
 from .models import LogCheckpoint, LogEntry, LogHash, LogPending
 from .store import LogIntegrityError, StoredCheckpoint, latest_checkpoint, with_hashes
@@ -87,6 +88,17 @@ DEFAULT_INTERVAL: Final = 1.0
 DEFAULT_MIN_INTERVAL: Final = 0.05
 #: Longest wait after a failed batch (the wait doubles from ``interval`` up to this).
 MAX_BACKOFF: Final = 30.0
+
+# The batch's statements, built once (:func:`hub.db.run` runs them on asyncpg directly).
+_TRY_LOCK = select(func.pg_try_advisory_xact_lock(bindparam("key", type_=BigInteger)))
+_TAKE_PENDING = (
+    delete(LogPending)
+    .where(LogPending.id <= bindparam("end"))
+    .returning(LogPending.id, LogPending.data, LogPending.packet_id)
+)
+_INSERT_ENTRIES = insert(LogEntry)
+_INSERT_HASHES = insert(LogHash)
+_INSERT_CHECKPOINT = insert(LogCheckpoint)
 
 #: A test hook called at named points inside the batch transaction; raising aborts it.
 Fault = Callable[[str], Awaitable[None] | None]
@@ -199,7 +211,7 @@ class Sequencer:
     async def _batch(self) -> tuple[Frontier | None, int | None]:
         async with self._engine.connect() as conn, conn.begin():
             if self._postgres:
-                locked = await conn.scalar(select(func.pg_try_advisory_xact_lock(self._lock_key)))
+                locked = (await run(conn, _TRY_LOCK, {"key": self._lock_key})).scalar()
                 if not locked:
                     return None, None
             await self._hook("locked")
@@ -207,16 +219,10 @@ class Sequencer:
             # about log_pending (it is often analysed while empty): a DELETE ... IN
             # (subquery) can become a nested loop that rescans the subquery per row.  Rows
             # below the end that committed in between are deleted -- and sequenced -- too.
-            end = await conn.scalar(self._batch_end)
+            end = (await run(conn, self._batch_end)).scalar()
             rows = []
             if end is not None:
-                rows = list(
-                    await conn.execute(
-                        delete(LogPending)
-                        .where(LogPending.id <= end)
-                        .returning(LogPending.id, LogPending.data, LogPending.packet_id)
-                    )
-                )
+                rows = list(await run(conn, _TAKE_PENDING, {"end": end}))
             last = await latest_checkpoint(conn)
             self._check_not_behind(last)
             self.more = len(rows) == self.batch_size or (
@@ -246,9 +252,9 @@ class Sequencer:
                     }
                 )
             if entries:
-                await conn.execute(insert(LogEntry), entries)
+                await run(conn, _INSERT_ENTRIES, entries)
                 await self._hook("entries")
-                await conn.execute(insert(LogHash), hashes)
+                await run(conn, _INSERT_HASHES, hashes)
                 await self._hook("hashes")
                 await self._check_extends(conn, frontier, staged)
             root = staged.root()
@@ -256,10 +262,10 @@ class Sequencer:
             note = sign_checkpoint(
                 Checkpoint(self.origin, staged.size, root, extensions), self._signer
             )
-            await conn.execute(
-                insert(LogCheckpoint).values(
-                    size=staged.size, root=root, note=note.decode(), created_at=now
-                )
+            await run(
+                conn,
+                _INSERT_CHECKPOINT,
+                {"size": staged.size, "root": root, "note": note.decode(), "created_at": now},
             )
             await self._hook("checkpoint")
         if entries:

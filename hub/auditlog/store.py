@@ -38,6 +38,7 @@ from protocol.checkpoint import (
 from protocol.errors import LocalError, RemoteError
 from protocol.merkle import HASH_SIZE, HashReader, consistency_proof, inclusion_proof
 
+from ..db import run
 from .models import LogCheckpoint, LogCosignature, LogEntry, LogHash
 
 T = TypeVar("T")
@@ -203,7 +204,7 @@ _PACKET_ENTRIES = (
 
 async def latest_checkpoint(conn: AsyncConnection) -> StoredCheckpoint | None:
     """The newest checkpoint the log signed, or None before the first."""
-    row = (await conn.execute(_LATEST)).first()
+    row = (await run(conn, _LATEST)).first()
     if row is None:
         return None
     return StoredCheckpoint(row[0], bytes(row[1]), row[2], row[3])

@@ -242,6 +242,7 @@ async def test_run_writes_in_the_callers_transaction(database_url: str) -> None:
     names = ["Hồng Lạc", unicodedata.normalize("NFD", "Hồng Lạc"), "Yên Lạc"]
     add = table.insert()
     rename = table.update().where(in_list(table.c.id, "ids")).values(name=bindparam("new"))
+    rename_four = table.update().where(table.c.id == 4).values(name=bindparam("new"))
     take = (
         table.delete()
         .where(table.c.id == bindparam("id"))
@@ -265,6 +266,8 @@ async def test_run_writes_in_the_callers_transaction(database_url: str) -> None:
         async with engine.begin() as conn:
             assert (await run(conn, add, rows)).rowcount == 5
             assert (await run(conn, rename, {"ids": [2, 3, 40], "new": names[2]})).rowcount == 2
+            # A value bound in the statement itself (id 4) beside one given at the call.
+            assert (await run(conn, rename_four, {"new": "Tư"})).rowcount == 1
             gone = await run(conn, take, {"id": 5})
             assert [tuple(r) for r in gone] == [(5, names[2], rows[4]["data"])]
             got = await run(conn, listed)
@@ -272,12 +275,12 @@ async def test_run_writes_in_the_callers_transaction(database_url: str) -> None:
             (1, names[1], rows[0]["data"]),
             (2, names[2], None),
             (3, names[2], rows[2]["data"]),
-            (4, names[1], None),
+            (4, "Tư", None),
         ]
         assert got.scalars() == [1, 2, 3, 4]
         assert got.scalar() == 1
         assert len(got) == 4
-        assert len(sent) == (0 if engine.dialect.name == "postgresql" else 4)
+        assert len(sent) == (0 if engine.dialect.name == "postgresql" else 5)
 
         # Written by run as the transaction's first statement, then rolled back: gone.
         async def abandoned() -> None:
