@@ -31,7 +31,18 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from sqlalchemy import Select, Table, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub.auditlog.models import LogEntry
@@ -42,7 +53,7 @@ from protocol.merkle import leaf_hash
 from protocol.receipts import HubReceipt, sign_hub_receipt
 
 from .clock import now
-from .db import in_list
+from .db import in_list, run
 from .logs import get_logger
 from .models import DeliveryEvent, HubReceiptPending, MailboxItem, Packet
 from .notify import MailboxNotifier
@@ -113,6 +124,7 @@ _SIGNED_ELSEWHERE: Final = select(_P.c.id, _P.c.hub_receipt).where(
 )
 _DONE: Final = delete(_H).where(in_list(_H.c.id, "ids"))
 _ANY_PENDING: Final = select(_H.c.id).limit(1)
+_WAIT_LOCK: Final = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
 
 
 @dataclass(slots=True)
@@ -153,13 +165,14 @@ async def sign_ready(
         params, variant = {}, "all"
     pending = [
         (row_id, kind, bytes(pid), organ, at, bytes(event), bytes(digest), sender, urgency)
-        for row_id, kind, pid, organ, at, event, digest, sender, urgency in await session.execute(
-            _PENDING[variant, postgres], params
+        for row_id, kind, pid, organ, at, event, digest, sender, urgency in await run(
+            session, _PENDING[variant, postgres], params
         )
     ]
     if not pending:
         return Signed()
-    rows = await session.execute(
+    rows = await run(
+        session,
         _INDEXED,
         {
             "ids": sorted({p[2] for p in pending}),
@@ -212,7 +225,7 @@ async def sign_ready(
         return Signed()
     # Bulk statements: one round trip for a whole batch of receipts, not one per row.
     if updates:
-        await session.execute(_SET_ACCEPTED, updates)
+        await run(session, _SET_ACCEPTED, updates)
     if fetched:
         inserted = await session.execute(_INSERT_FETCHED, fetched)
         mail = []
@@ -229,8 +242,8 @@ async def sign_ready(
                 }
             )
             out.wake.add(sender)
-        await session.execute(_INSERT_MAIL, mail)
-    await session.execute(_DONE, {"ids": done})
+        await run(session, _INSERT_MAIL, mail)
+    await run(session, _DONE, {"ids": done})
     if out.wake:
         await notifier.publish(session, out.wake)
     return out
@@ -293,7 +306,7 @@ class ReceiptSigner:
                 self._postgres,
                 accepted_before=now() - LEFT_OVER,
             )
-            remaining = await session.scalar(_ANY_PENDING)
+            remaining = (await run(session, _ANY_PENDING)).scalar()
         self._notifier.wake(signed.wake)
         self._hand_over(signed.accepted)
         return len(signed.packet_ids), remaining is not None
@@ -344,7 +357,7 @@ class ReceiptSigner:
 
     async def _await_other_sequencer(self) -> None:
         async with self._sessions.begin() as session:
-            await session.execute(select(func.pg_advisory_xact_lock(self._lock_key)))
+            await run(session, _WAIT_LOCK, {"key": self._lock_key})
 
     async def run(self) -> None:
         """Sign in the background: soon after progress, backing off while the log lags."""
@@ -411,7 +424,7 @@ class ReceiptSigner:
                     return found
                 # Signed by another process (or, in SQLite mode, by the background loop)?
                 async with self._sessions() as session:
-                    rows = await session.execute(_SIGNED_ELSEWHERE, {"ids": list(mine)})
+                    rows = await run(session, _SIGNED_ELSEWHERE, {"ids": list(mine)})
                 for packet_id, raw in rows:
                     if raw is not None and bytes(packet_id) in mine:
                         found[bytes(packet_id)] = bytes(raw)

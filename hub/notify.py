@@ -27,14 +27,18 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import String, bindparam, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from .db import run
 from .logs import get_logger
 
 #: PostgreSQL refuses payloads of 8000 bytes or more.
 _PAYLOAD_MAX: Final = 7000
+_NOTIFY: Final = select(
+    func.pg_notify(bindparam("channel", type_=String), bindparam("payload", type_=String))
+)
 _WAKE_ALL: Final = "*"
 _SESSIONS: Final = "_sessions"
 log = get_logger("hub.notify")
@@ -113,10 +117,7 @@ class MailboxNotifier:
             await self._notify(session, batch)
 
     async def _notify(self, session: AsyncSession | AsyncConnection, organs: list[str]) -> None:
-        await session.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": self.channel, "payload": ",".join(organs)},
-        )
+        await run(session, _NOTIFY, {"channel": self.channel, "payload": ",".join(organs)})
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         if isinstance(payload, str):
