@@ -19,10 +19,10 @@ import asyncpg
 from sqlalchemy import (
     Boolean,
     ColumnElement,
+    Delete,
     Insert,
     LargeBinary,
     MetaData,
-    Select,
     Update,
     any_,
     bindparam,
@@ -161,7 +161,8 @@ def _compile(
     statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...] = (), many: bool = False
 ) -> SQLCompiler | None:
     """``statement`` compiled for ``dialect``, or None if only SQLAlchemy can run it: a
-    column default computed in Python, or a parameter type with a conversion."""
+    column default computed in Python, a parameter rendered into the SQL at each call
+    (an expanding ``IN``), or a parameter type with a conversion."""
     key = (id(statement), keys, many)
     found = _COMPILED.get(key)
     if found is not None and found[0] is statement:
@@ -174,6 +175,8 @@ def _compile(
     if (
         compiled.insert_prefetch
         or compiled.update_prefetch
+        or compiled.post_compile_params  # an expanding IN: rendered per call
+        or compiled.literal_execute_params
         or any(_converts(bind.type, dialect) for bind in compiled.binds.values())
     ):
         compiled = None
@@ -291,11 +294,11 @@ async def run(
             await driver.executemany(sql, args)
             return Rows((), len(batch))
         arg = _positional(compiled, names, cast(Mapping[str, Any] | None, params))
-        if compiled.effective_returning or isinstance(statement, Select):
-            found = await driver.fetch(sql, *arg)
-            return Rows(found, len(found))
-        status: str = await driver.execute(sql, *arg)
-        return Rows((), int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0)
+        if isinstance(statement, (Insert, Update, Delete)) and not compiled.effective_returning:
+            status: str = await driver.execute(sql, *arg)  # "UPDATE 3": the rows touched
+            return Rows((), int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0)
+        found = await driver.fetch(sql, *arg)
+        return Rows(found, len(found))
     except (asyncpg.exceptions.PostgresError, asyncpg.exceptions.InterfaceError) as exc:
         raise _translate(exc, sql, params) from exc
 

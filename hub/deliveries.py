@@ -18,7 +18,7 @@ import hmac
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 from sqlalchemy import Table, and_, bindparam, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -37,7 +37,7 @@ from protocol.receipts import (
 from .auditlog import append_encoded
 from .clock import now
 from .context import Hub
-from .db import in_list
+from .db import in_list, run
 from .logs import get_logger
 from .models import DeliveryEvent, DeliveryRow, HubReceiptPending, MailboxItem, Organ, Packet
 from .packets import ACCEPTED
@@ -63,6 +63,15 @@ _H = cast(Table, HubReceiptPending.__table__)
 _PACKETS = select(_P.c.id, _P.c.sender, _P.c.envelope_digest, _P.c.urgency).where(
     in_list(_P.c.id, "ids"), _P.c.state == ACCEPTED
 )
+
+
+class _PacketRow(NamedTuple):
+    id: bytes
+    sender: str
+    envelope_digest: bytes
+    urgency: int
+
+
 _ROWS = (
     select(_D.c.packet_id, _D.c.organ, _D.c.state)
     .where(tuple_(_D.c.packet_id, _D.c.organ).in_(bindparam("pairs", expanding=True)))
@@ -217,7 +226,9 @@ async def _apply_batch(
     last: bool,
 ) -> None:
     packet_ids = sorted({p.receipt.packet_id for _, p in todo})
-    packets = {bytes(row.id): row for row in await conn.execute(_PACKETS, {"ids": packet_ids})}
+    packets = {
+        bytes(row[0]): _PacketRow(*row) for row in await run(conn, _PACKETS, {"ids": packet_ids})
+    }
     # The rows receipts apply to, locked (in key order: no deadlock between batches),
     # and the caller's own, which make a packet visible to a recipient.
     pairs = {
@@ -237,7 +248,9 @@ async def _apply_batch(
 
     stored = {
         bytes(d)
-        for d in await conn.scalars(_STORED, {"digests": sorted({p.digest for _, p in todo})})
+        for d in (
+            await run(conn, _STORED, {"digests": sorted({p.digest for _, p in todo})})
+        ).scalars()
     }
     fresh = [p for _, p in todo if visible(p.receipt.packet_id) and p.digest not in stored]
     histories: dict[tuple[bytes, str], list[tuple[str, int]]] = {}
@@ -247,7 +260,7 @@ async def _apply_batch(
         for pid, organ, status, when in await conn.execute(_HISTORIES, {"pairs": wanted}):
             histories.setdefault((bytes(pid), organ), []).append((status, when))
     if fresh:
-        raw_entry = await conn.scalar(_ENTRY, {"code": caller.organ})
+        raw_entry = (await run(conn, _ENTRY, {"code": caller.organ})).scalar()
         entry = None if raw_entry is None else hub.entries.verify(raw_entry)
 
     deliveries: dict[tuple[bytes, str], Delivery] = {}
@@ -340,7 +353,8 @@ async def _apply_batch(
         applied = [(i, p) for i, p in applied if p.digest in inserted]
     touched = sorted({(p.receipt.packet_id, p.receipt.organ) for _, p in applied})
     if touched:
-        await conn.execute(
+        await run(
+            conn,
             _SET_STATES,
             [
                 {"b_packet_id": pid, "b_organ": organ, "b_state": states[(pid, organ)], "b_at": at}
@@ -383,7 +397,7 @@ async def _apply_batch(
         batch.wake.add(relay_to)
         batch.applied.append(r.status)
     if mail:
-        await conn.execute(_INSERT_MAIL, mail)
+        await run(conn, _INSERT_MAIL, mail)
 
 
 async def record_fetch(hub: Hub, organ: str, packet_ids: Sequence[bytes]) -> int:
@@ -433,7 +447,7 @@ async def record_fetches_many(
         if not packet_ids:
             continue
         params = {"b_organ": organ, "b_ids": sorted(set(packet_ids)), "b_at": at}
-        rows = await conn.execute(_CLAIM_INLINE if inline_only else _CLAIM, params)
+        rows = await run(conn, _CLAIM_INLINE if inline_only else _CLAIM, params)
         claimed += sorted((organ, bytes(pid), bytes(digest)) for pid, digest in rows)
     if not claimed:
         return 0
@@ -446,7 +460,7 @@ async def record_fetches_many(
             {"kind": "fetched", "packet_id": pid, "organ": organ, "at": at, "event": event}
         )
     await append_encoded(conn, events)
-    await conn.execute(_INSERT_PENDING, pending)
+    await run(conn, _INSERT_PENDING, pending)
     return len(claimed)
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy import String, TextClause, bindparam, delete, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from protocol import signed
@@ -47,6 +48,7 @@ from protocol.keys import (
 )
 
 from .auditlog import append_event
+from .db import run
 from .hubkeys import HubKeys
 from .models import DirectoryHistory, EnrolmentToken, Organ, OrganKey, SessionToken
 
@@ -143,7 +145,7 @@ class Tree:
 #: ``codes`` and their ancestors, at most ``depth`` levels up.
 _UP: Final = """
     WITH RECURSIVE up(code, parent, depth) AS (
-        SELECT code, parent, 0 FROM organs WHERE code IN :codes
+        SELECT code, parent, 0 FROM organs WHERE code {codes}
         UNION
         SELECT o.code, o.parent, up.depth + 1
         FROM organs o JOIN up ON o.code = up.parent
@@ -151,12 +153,25 @@ _UP: Final = """
     )
 """
 
-_ANCESTORS = text(
-    _UP  # noqa: S608 - constant SQL, parameters are bound
-    + """
-    SELECT DISTINCT code, parent FROM up
-    """
-).bindparams(bindparam("codes", expanding=True))
+_ANCESTORS_SQL: Final = _UP + "SELECT DISTINCT code, parent FROM up"  # noqa: S608 - constant
+
+
+def _by_dialect(sql: str) -> dict[bool, TextClause]:
+    """``sql`` with its list of codes as an expanding ``IN`` (SQLite) or, on PostgreSQL
+    (True), one array parameter: a single prepared statement whatever the count."""
+    return {
+        False: text(sql.format(codes="IN :codes")).bindparams(bindparam("codes", expanding=True)),
+        True: text(sql.format(codes="= ANY(:codes)")).bindparams(
+            bindparam("codes", type_=ARRAY(String))
+        ),
+    }
+
+
+_ANCESTORS: Final = _by_dialect(_ANCESTORS_SQL)
+
+
+def _postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 async def tree_around(session: AsyncSession, codes: Iterable[str]) -> Tree:
@@ -164,21 +179,23 @@ async def tree_around(session: AsyncSession, codes: Iterable[str]) -> Tree:
     parents: dict[str, str | None] = {}
     wanted = sorted(set(codes))
     for start in range(0, len(wanted), 1000):
-        rows = await session.execute(
-            _ANCESTORS, {"codes": wanted[start : start + 1000], "depth": TREE_DEPTH_MAX}
+        rows = await run(
+            session,
+            _ANCESTORS[_postgres(session)],
+            {"codes": wanted[start : start + 1000], "depth": TREE_DEPTH_MAX},
         )
         for code, parent in rows:
             parents[code] = parent
     return Tree(parents)
 
 
-_AROUND = text(
+_AROUND: Final = _by_dialect(
     _UP  # noqa: S608 - constant SQL, parameters are bound
     + """
     SELECT organs.code, organs.parent, organs.entry FROM organs
     WHERE organs.code IN (SELECT code FROM up)
     """
-).bindparams(bindparam("codes", expanding=True))
+)
 
 
 async def lookup(
@@ -195,7 +212,9 @@ async def lookup(
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start : start + 1000]
         asked = set(chunk)
-        rows = await session.execute(_AROUND, {"codes": chunk, "depth": TREE_DEPTH_MAX})
+        rows = await run(
+            session, _AROUND[_postgres(session)], {"codes": chunk, "depth": TREE_DEPTH_MAX}
+        )
         for code, parent, entry in rows:
             parents[code] = parent
             if entry is not None and code in asked:

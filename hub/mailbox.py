@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .blobs import BlobStore
 from .clock import now
-from .db import in_list, read_rows
+from .db import in_list, read_rows, run
 from .deliveries import INLINE_BODY_MAX, record_fetches_many
 from .logs import get_logger
 from .mailcache import B64, Encoded
@@ -261,7 +261,7 @@ async def _ack_many(hub: Hub, acks: Sequence[_Ack]) -> dict[_Ack, int]:
     envelopes: dict[str, set[bytes]] = {}
     async with hub.engine.begin() as conn:
         for a in sorted(acks, key=lambda a: a.organ):  # rows locked in one order
-            rows = (await conn.execute(_REMOVE, {"organ": a.organ, "ids": a.ids})).all()
+            rows = (await run(conn, _REMOVE, {"organ": a.organ, "ids": a.ids})).rows
             removed[a] = len(rows)
             envelopes.setdefault(a.organ, set()).update(
                 bytes(pid) for pid, kind in rows if kind == "envelope"

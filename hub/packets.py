@@ -43,7 +43,7 @@ from .auditlog import append_encoded, append_event
 from .blobs import write_stream
 from .clock import now
 from .context import Hub
-from .db import in_list
+from .db import in_list, run
 from .logs import get_logger
 from .models import DeliveryRow, HubReceiptPending, MailboxItem, Packet
 from .sessions import Caller
@@ -125,7 +125,7 @@ async def stored_packets(session: AsyncSession, packet_ids: Sequence[bytes]) -> 
         accepted_at,
         receipt,
         transport,
-    ) in await session.execute(_STORED, {"ids": list(packet_ids)}):
+    ) in await run(session, _STORED, {"ids": list(packet_ids)}):
         out[bytes(pid)] = Stored(
             bytes(pid),
             sender,
@@ -326,7 +326,7 @@ async def submit_envelope(hub: Hub, caller: Caller, data: bytes, transport: str 
                 return _existing(existing, env)
             known = await _lookup(hub, session, [env])
             await _check_envelope(hub, session, env, at, transport, known)
-            await session.execute(_INSERT_PACKETS, [values])
+            await run(session, _INSERT_PACKETS, [values])
     except PolicyRefusal as refusal:
         await _log_refusal(hub, env, refusal.error, at)
         raise refusal.error from None
@@ -450,10 +450,10 @@ async def _record_acceptance(
         )
     await append_encoded(session, events)
     if deliveries:
-        await session.execute(_INSERT_DELIVERIES, deliveries)
-        await session.execute(_INSERT_MAILBOX, mail)
+        await run(session, _INSERT_DELIVERIES, deliveries)
+        await run(session, _INSERT_MAILBOX, mail)
     if pending:
-        await session.execute(_INSERT_RECEIPTS_PENDING, pending)
+        await run(session, _INSERT_RECEIPTS_PENDING, pending)
     if notify:
         await hub.notifier.publish(session, organs)
 
@@ -692,8 +692,8 @@ async def _accept_many(
     """In the caller's transaction: store new packets, claim awaiting ones, record it all."""
     new = [env for env, row in packets if row is None]
     if new:
-        await session.execute(
-            _INSERT_PACKETS, [_packet_values(env, at, transport, ACCEPTED) for env in new]
+        await run(
+            session, _INSERT_PACKETS, [_packet_values(env, at, transport, ACCEPTED) for env in new]
         )
     for env, row in packets:
         if row is not None:

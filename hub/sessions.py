@@ -37,6 +37,7 @@ from protocol import signed
 from protocol.directory import check_organ_code
 from protocol.errors import RemoteError
 
+from .db import run
 from .directory import EntryCache, new_token, require_organ, session_message, token_hash
 from .models import OrganKey, SessionChallenge, SessionToken
 
@@ -233,7 +234,7 @@ _FIND_TOKEN = (
 
 async def find_token(db: AsyncSession | AsyncConnection, digest: bytes) -> TokenRow | None:
     """The stored session of a token hash, joined with its key; None if unknown."""
-    row = (await db.execute(_FIND_TOKEN, {"digest": digest})).first()
+    row = (await run(db, _FIND_TOKEN, {"digest": digest})).first()
     if row is None:
         return None
     organ, kid, role, expires_at, revoked_at, not_after = row

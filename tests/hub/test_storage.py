@@ -22,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     event,
     select,
+    tuple_,
 )
 from sqlalchemy.exc import IntegrityError
 
@@ -266,6 +267,11 @@ async def test_run_writes_in_the_callers_transaction(database_url: str) -> None:
         async with engine.begin() as conn:
             assert (await run(conn, add, rows)).rowcount == 5
             assert (await run(conn, rename, {"ids": [2, 3, 40], "new": names[2]})).rowcount == 2
+            # An expanding IN (a list of pairs) is SQLAlchemy's to render.
+            pairs = select(table.c.id).where(
+                tuple_(table.c.id, table.c.name).in_(bindparam("pairs", expanding=True))
+            )
+            assert (await run(conn, pairs, {"pairs": [(2, names[2]), (3, "x")]})).scalars() == [2]
             # A value bound in the statement itself (id 4) beside one given at the call.
             assert (await run(conn, rename_four, {"new": "Tư"})).rowcount == 1
             gone = await run(conn, take, {"id": 5})
@@ -280,7 +286,7 @@ async def test_run_writes_in_the_callers_transaction(database_url: str) -> None:
         assert got.scalars() == [1, 2, 3, 4]
         assert got.scalar() == 1
         assert len(got) == 4
-        assert len(sent) == (0 if engine.dialect.name == "postgresql" else 5)
+        assert len(sent) == (1 if engine.dialect.name == "postgresql" else 6)
 
         # Written by run as the transaction's first statement, then rolled back: gone.
         async def abandoned() -> None:
