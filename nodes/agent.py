@@ -263,31 +263,43 @@ class Agent(Outbox, Mailbox, Deliveries):
 
     async def _mailbox_loop(self, stop: asyncio.Event, hub_up: asyncio.Event, cap: float) -> None:
         backoff = Backoff(cap=cap)
-        while not stop.is_set():
-            try:
-                await self.check_identity()
-                items = await until_stopped(
-                    self.client.mailbox(wait=self.config.poll_wait, limit=50), stop
-                )
-                hub_up.set()
-                backoff.reset()
-                if items:
-                    report = RoundReport()
-                    async with self.home.lock("mailbox").hold():
-                        await self.handle_items(items, report, stop)
-                    async with self.home.lock("receipts").hold():
-                        await self.post_receipts()
-            except (asyncio.CancelledError, Stopped):
-                return
-            except Exception as exc:
-                if is_transient(exc):
-                    hub_up.clear()
-                    delay = backoff.next()
-                else:  # a refusal (revoked key, hub key mismatch ...): say it, wait long
-                    backoff.failures = 0
-                    delay = cap
-                self._unreachable(backoff, exc, delay)
-                await self._pause(stop, delay)
+        # Ids of stored items, acknowledged by the next long-poll (POST /v1/mailbox): one
+        # request per answer.  Whatever is left when the loop ends is acknowledged on its
+        # own; lost (a crash), the items come again and are recognised as already stored.
+        stored: list[int] = []
+        try:
+            while not stop.is_set():
+                try:
+                    await self.check_identity()
+                    items = await until_stopped(
+                        self.client.mailbox(wait=self.config.poll_wait, limit=50, ack=stored),
+                        stop,
+                    )
+                    stored = []
+                    hub_up.set()
+                    backoff.reset()
+                    if items:
+                        report = RoundReport()
+                        async with self.home.lock("mailbox").hold():
+                            stored = await self.handle_items(items, report, stop, acknowledge=False)
+                        async with self.home.lock("receipts").hold():
+                            await self.post_receipts()
+                except (asyncio.CancelledError, Stopped):
+                    return
+                except Exception as exc:
+                    if is_transient(exc):
+                        hub_up.clear()
+                        delay = backoff.next()
+                    else:  # a refusal (revoked key, hub key mismatch ...): say it, wait long
+                        backoff.failures = 0
+                        delay = cap
+                        stored = []  # not sent again: they come back, known, if need be
+                    self._unreachable(backoff, exc, delay)
+                    await self._pause(stop, delay)
+        finally:
+            if stored:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.client.ack(stored), 10)
 
     async def _outbox_loop(self, stop: asyncio.Event, hub_up: asyncio.Event, cap: float) -> None:
         backoff = Backoff(cap=cap)

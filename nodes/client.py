@@ -474,10 +474,19 @@ class HubClient:
 
     # --- mailbox ------------------------------------------------------------------------------------
 
-    async def mailbox(self, wait: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        doc = await self._call(
-            "GET", f"/v1/mailbox?wait={wait}&limit={limit}", read_timeout=wait + 30.0
-        )
+    async def mailbox(
+        self, wait: int = 0, limit: int = 100, ack: Sequence[int] = ()
+    ) -> list[dict[str, Any]]:
+        """The mailbox's items, waiting up to ``wait`` seconds for some; with ``ack``, the
+        hub first removes those items (the previous answer's, once stored): one request
+        for both."""
+        path = f"/v1/mailbox?wait={wait}&limit={limit}"
+        if ack:
+            doc = await self._call(
+                "POST", path, json_body={"ack": list(ack)}, read_timeout=wait + 30.0
+            )
+        else:
+            doc = await self._call("GET", path, read_timeout=wait + 30.0)
         items = doc.get("items")
         if not isinstance(items, list):
             raise HubError("response_invalid", 502, "the mailbox answer has no items")

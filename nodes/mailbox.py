@@ -84,8 +84,14 @@ class Mailbox(AgentCore):
         items: Sequence[Mapping[str, Any]],
         report: RoundReport,
         stop: asyncio.Event | None = None,
-    ) -> None:
+        *,
+        acknowledge: bool = True,
+    ) -> list[int]:
+        """Handle an answer's items; the ids of those safely stored, acknowledged here
+        unless ``acknowledge`` is false (the caller sends them with its next long-poll;
+        if handling fails part way, what was stored is acknowledged here all the same)."""
         done: list[int] = []
+        failed = True
         try:
             # One directory request for every organ these items need.
             organs: set[str] = set()
@@ -107,10 +113,12 @@ class Mailbox(AgentCore):
                     ok = True  # a kind this node does not know: nothing to keep
                 if ok and isinstance(item.get("id"), int):
                     done.append(item["id"])
+            failed = False
         finally:
-            if done:
+            if done and (acknowledge or failed):
                 with contextlib.suppress(HubUnavailable, HubError):
                     await self.client.ack(done)
+        return [] if acknowledge else done
 
     async def _receive(self, item: Mapping[str, Any], report: RoundReport) -> bool:
         """Handle one envelope; True when it may be acknowledged."""

@@ -215,8 +215,11 @@ async def small_cycle(job: dict[str, Any], go: Go) -> dict[str, Any]:
                     counters["opened"] += 1
                     return _receipt(keys, env)
 
+            # Each answer's items are acknowledged with the next long-poll (one request),
+            # the last ones on their own (their acknowledgement records ``fetched``).
+            stored: list[int] = []
             while len(seen) < count and time.time() < deadline:
-                items = await client.mailbox(wait=5, limit=200)
+                items = await client.mailbox(wait=5, limit=200, ack=stored)
                 fresh = [
                     i for i in items if i.get("kind") == "envelope" and i["packet_id"] not in seen
                 ]
@@ -226,7 +229,8 @@ async def small_cycle(job: dict[str, Any], go: Go) -> dict[str, Any]:
                     for result in await client.post_receipts(receipts):
                         if result.get("status") != 200:
                             errors.append(f"receipt: {result}")
-                await client.ack([i["id"] for i in items])
+                stored = [i["id"] for i in items]
+            await client.ack(stored)
 
         async def receipts(s: str, r: str) -> None:
             client = offices.clients[s]
@@ -234,8 +238,9 @@ async def small_cycle(job: dict[str, Any], go: Go) -> dict[str, Any]:
             fetched: set[str] = set()
             # Until every 01 and every hub ``fetched`` receipt is in: a recipient's
             # acknowledgement of an inline body records ``fetched`` after its 01 is sent.
+            stored: list[int] = []
             while (len(verified) < count or len(fetched) < count) and time.time() < deadline:
-                items = await client.mailbox(wait=5, limit=500)
+                items = await client.mailbox(wait=5, limit=500, ack=stored)
                 for item in items:
                     pid = item["packet_id"]
                     env = envelopes.get(pid)
@@ -253,7 +258,8 @@ async def small_cycle(job: dict[str, Any], go: Go) -> dict[str, Any]:
                         if pid not in fetched:
                             fetched.add(pid)
                             counters["fetched_verified"] += 1
-                await client.ack([i["id"] for i in items])
+                stored = [i["id"] for i in items]
+            await client.ack(stored)
 
         tasks = []
         for s, r in pairs:
@@ -296,12 +302,16 @@ async def pollers(job: dict[str, Any], go: Go) -> dict[str, Any]:
 
         async def poll(code: str) -> None:
             client = offices.clients[code]
+            # What an answer brought is acknowledged with the next long-poll, as the
+            # node's daemon does (one request per answer).
+            stored: list[int] = []
             while not stop.is_set() and time.time() < deadline:
                 if expect is not None and per_office[code] >= expect:
-                    return
+                    break
                 try:
                     left = max(1, min(wait, int(deadline - time.time())))
-                    items = await client.mailbox(wait=left, limit=100)
+                    items = await client.mailbox(wait=left, limit=100, ack=stored)
+                    stored = []
                 except Exception as exc:  # keep polling: a refusal is a figure, not a crash
                     errors.append(f"{code}: {type(exc).__name__}: {exc}")
                     await asyncio.sleep(0.5)
@@ -313,8 +323,10 @@ async def pollers(job: dict[str, Any], go: Go) -> dict[str, Any]:
                         arrivals.setdefault(item["packet_id"], []).append(now)
                         stats["bytes"] += len(item.get("envelope", ""))
                         per_office[code] += 1
-                if items:
-                    await client.ack([i["id"] for i in items])
+                stored = [i["id"] for i in items]
+            if stored:
+                with contextlib.suppress(Exception):
+                    await client.ack(stored)
 
         tasks = [asyncio.create_task(poll(c)) for c in codes]
         if expect is None:

@@ -187,6 +187,39 @@ def test_queued_while_the_hub_is_down(tmp_path: Path) -> None:
         hub.stop()
 
 
+def test_daemon_acknowledges_with_its_next_long_poll(
+    hub: Hub, office: OfficeFactory, tmp_path: Path
+) -> None:
+    """The daemon sends what it stored with its next long-poll (``POST /v1/mailbox``), not
+    as a request of its own: the delivery is acknowledged (its inline body ``fetched``)
+    while that long-poll is still waiting, with no ``/v1/mailbox/ack``."""
+    province = office("TU", "Văn phòng Tỉnh ủy", level="province")
+    xa = office("DU", "Đảng ủy xã Yên Lạc", parent=province, level="commune")
+    doc = write(tmp_path / "docs", "Giấy mời.pdf", b"%PDF-1.7 giay moi hop")
+
+    def calls() -> list[tuple[str, str]]:
+        return [
+            (line["method"], line["route"])
+            for line in list(hub.lines)
+            if line.get("event") == "request"
+            and line.get("organ") == xa.code
+            and str(line.get("route")).startswith("/v1/mailbox")
+        ]
+
+    def fetched() -> bool:
+        [rec] = province.json("status", pid)["recipients"]
+        return rec["fetched_at"] is not None
+
+    xa.start()
+    pid = province.send("--to", xa.code, "--subject", "Giấy mời họp", str(doc))
+    assert wait_for(lambda: (xa.home / "inbox" / pid).is_dir(), timeout=30)
+    assert wait_for(fetched, timeout=30)
+    # Requests are logged when they end: the answered GET only; the POST that carried
+    # the acknowledgement is waiting for the next item.
+    assert calls() == [("GET", "/v1/mailbox")]
+    assert xa.stop() == 0
+
+
 def test_recall_accepted_removes_the_document(office: OfficeFactory, tmp_path: Path) -> None:
     province = office("TU", "Văn phòng Tỉnh ủy", level="province")
     xa = office("DU", "Đảng ủy xã Yên Lạc", parent=province, level="commune")

@@ -91,6 +91,7 @@ async def test_authorisation_matrix(hub_env: HubEnv) -> None:
         ("GET", f"/v1/packets/{packet}/status", {}, row(200, 404, 200, 403)),
         ("GET", "/v1/mailbox", {}, row(200, 200, 403, 403)),
         ("POST", "/v1/mailbox/ack", {"json": {"ids": []}}, row(200, 200, 403, 403)),
+        ("POST", "/v1/mailbox", {"json": {"ack": []}}, row(200, 200, 403, 403)),
         ("GET", f"/v1/bodies/{digest}", {}, row(200, 200, 403, 403)),
         ("POST", "/v1/receipts", {"json": {"receipts": [b64(receipt)]}}, row(200, 200, 403, 403)),
         (

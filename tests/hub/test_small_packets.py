@@ -129,6 +129,49 @@ async def test_small_body_inline_fetched_once_on_ack(hub_env: HubEnv) -> None:
 
 
 @pytest.mark.asyncio
+async def test_acknowledge_and_poll_in_one_request(hub_env: HubEnv) -> None:
+    """``POST /v1/mailbox``: the previous answer's items are removed (inline body:
+    ``fetched`` recorded) before the mailbox is read or waited on; a refused request
+    (bad window, bad ids) acknowledges nothing; another office's ids remove nothing."""
+    env = hub_env
+    w = await world(env)
+    first, _, _ = await send(env, w.province, [w.yen_lac, w.tam_hong])
+    items = await mailbox(env, w.yen_lac)
+    ids = [i["id"] for i in items]
+    url = "/v1/mailbox"
+    for params, body in (
+        ({"wait": "61"}, {"ack": ids}),
+        ({"limit": "0"}, {"ack": ids}),
+        ({"wait": "0"}, {"ack": ["1"]}),
+        ({"wait": "0"}, {"ids": ids}),
+        ({"wait": "0"}, {"ack": list(range(5001))}),
+    ):
+        resp = await env.client.post(url, params=params, json=body, headers=w.yen_lac.headers)
+        assert (resp.status, (await resp.json())["code"]) == (400, "request_invalid"), params
+    assert [i["id"] for i in await mailbox(env, w.yen_lac)] == ids  # still there
+    # Another office's ids: nothing removed, its own (empty-handed) answer.
+    resp = await env.client.post(url, json={"ack": ids}, headers=w.chi_bo.headers)
+    assert await resp.json() == {"items": [], "acknowledged": 0}
+    # Acknowledged, then a long-poll that the next packet answers.
+    waiting = asyncio.create_task(
+        env.client.post(
+            url, params={"wait": "30"}, json={"ack": ids}, headers=w.yen_lac.headers
+        )
+    )
+    await asyncio.sleep(0.3)
+    doc = await _status(env, w.province, first["packet_id"])
+    by_organ = {r["organ"]: r for r in doc["recipients"]}
+    assert by_organ[w.yen_lac.code]["fetched_at"] is not None
+    assert by_organ[w.tam_hong.code]["fetched_at"] is None
+    assert not waiting.done()
+    second, _, _ = await send(env, w.province, [w.yen_lac])
+    resp = await asyncio.wait_for(waiting, 10)
+    answer = await resp.json()
+    assert answer["acknowledged"] == len(ids)
+    assert [i["packet_id"] for i in answer["items"]] == [second["packet_id"]]
+
+
+@pytest.mark.asyncio
 async def test_large_body_not_inline_ack_records_nothing(hub_env: HubEnv) -> None:
     env = hub_env
     w = await world(env)
