@@ -154,9 +154,7 @@ async def test_acknowledge_and_poll_in_one_request(hub_env: HubEnv) -> None:
     assert await resp.json() == {"items": [], "acknowledged": 0}
     # Acknowledged, then a long-poll that the next packet answers.
     waiting = asyncio.create_task(
-        env.client.post(
-            url, params={"wait": "30"}, json={"ack": ids}, headers=w.yen_lac.headers
-        )
+        env.client.post(url, params={"wait": "30"}, json={"ack": ids}, headers=w.yen_lac.headers)
     )
     await asyncio.sleep(0.3)
     doc = await _status(env, w.province, first["packet_id"])
