@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,39 @@ def open_(envelope: bytes, body: Path, key: EncryptionPrivateKey, tmp_path: Path
 
     transfer.open_to_inbox(opener, body, tmp_path / "work", final, meta)
     return final
+
+
+def test_published_document_is_on_disk_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every plaintext file, metadata.json and the folder's entries are fsynced before
+    the folder is renamed into the inbox (and the hub's item acknowledged): a crash
+    must not leave a published document whose files are empty."""
+    files = {"Báo cáo.pdf": b"%PDF" * 10_000, "trống.txt": b"", "Phụ lục.txt": b"x" * 300}
+    envelope, body, key = seal(tmp_path, files)
+    synced: list[str] = []
+    real_fsync = os.fsync
+    real_replace = os.replace
+    published: list[list[str]] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        published.append(list(synced))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(transfer.os, "fsync", fsync)
+    monkeypatch.setattr(transfer.os, "replace", replace)
+    final = open_(envelope, body, key, tmp_path)
+    work = str(tmp_path / "work")
+    [before] = [p for p in published if p]  # what was synced when the folder was renamed
+    assert {str(Path(p).relative_to(work)) for p in before if p.startswith(work + "/")} == {
+        "00000", "00001", "00002", "metadata.json"
+    }  # fmt: skip
+    assert work in before  # the folder's entries (file names)
+    assert sorted(p.name for p in final.iterdir()) == sorted([*files, "metadata.json"])
 
 
 def test_round_trip_with_vietnamese_names(tmp_path: Path) -> None:
