@@ -22,6 +22,16 @@ def test_every_error_code_is_documented() -> None:
         )
 
 
+def test_docs_errors_is_generated_from_both_registries() -> None:
+    """docs/errors.md is what scripts/gen_errors_doc.py writes: the protocol's codes
+    and the node's own (``nodes.errors.NODE_CODES``), none added by hand or left out."""
+    script = ROOT / "scripts" / "gen_errors_doc.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], cwd=ROOT, capture_output=True, check=False
+    )
+    assert result.returncode == 0, "run python scripts/gen_errors_doc.py"
+
+
 def test_unregistered_code_is_a_local_error() -> None:
     with pytest.raises(LocalError):
         RemoteError("no_such_code")
