@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -147,7 +147,7 @@ def read_engine(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
-#: Statements compiled for PostgreSQL by :func:`read_rows` and :func:`run`, by identity
+#: Statements compiled for PostgreSQL by :func:`run`, by identity
 #: and the parameter names of an INSERT or UPDATE: (the statement, kept so that its id is
 #: not reused, and its compiled form, or None where the statement needs SQLAlchemy's own
 #: execution).  Meant for module-level statements: past :data:`_COMPILED_MAX` entries a
@@ -309,28 +309,11 @@ async def run(
 async def read_rows(
     conn: AsyncConnection, statement: ClauseElement, params: Mapping[str, Any]
 ) -> Sequence[Mapping[str, Any]]:
-    """The rows of a read-only ``statement``, by column name, on a connection of
-    :func:`read_engine` (PostgreSQL: autocommit, never in a transaction).
-
-    On PostgreSQL the statement is compiled once for the connection's dialect and run on
-    the asyncpg connection underneath: about 100 us of Python per read against ~280 us
-    through SQLAlchemy's execution (cache lookup, parameter processing, cursor adapter,
-    result rows), which mattered on the mailbox reads every delivery makes two or three of
-    (tests/bench, scenario 5).  Only for statements whose parameters and columns need no
-    type conversion (integers, text, bytes, lists of those).  SQLite runs the statement
-    through SQLAlchemy.
-    """
-    if conn.dialect.name != "postgresql":
-        result = await conn.execute(statement, params)  # type: ignore[call-overload]
-        return [cast(Mapping[str, Any], row._mapping) for row in result]
-    compiled = _compile(statement, conn.dialect)
-    if compiled is None:
-        result = await conn.execute(statement, params)  # type: ignore[call-overload]
-        return [cast(Mapping[str, Any], row._mapping) for row in result]
-    values = compiled.construct_params(params)
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
-    rows: Sequence[Mapping[str, Any]] = await driver.fetch(
-        compiled.string, *(values[name] for name in compiled.positiontup or ())
-    )
-    return rows
+    """The rows of a read-only ``statement`` by column name, through :func:`run`, on a
+    connection of :func:`read_engine` (PostgreSQL: autocommit, never in a transaction):
+    on PostgreSQL asyncpg's records are mappings already (about 100 us of Python per read
+    against ~280 us through SQLAlchemy's execution, which mattered on the mailbox reads
+    every delivery makes two or three of: tests/bench, scenario 5); SQLAlchemy's rows
+    give theirs."""
+    rows = (await run(conn, statement, params)).rows
+    return [cast(Mapping[str, Any], r._mapping) if isinstance(r, Row) else r for r in rows]

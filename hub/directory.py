@@ -22,10 +22,19 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import String, TextClause, bindparam, delete, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import (
+    CTE,
+    Integer,
+    Table,
+    bindparam,
+    delete,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from protocol import signed
@@ -48,7 +57,7 @@ from protocol.keys import (
 )
 
 from .auditlog import append_event
-from .db import run
+from .db import in_list, run
 from .hubkeys import HubKeys
 from .models import DirectoryHistory, EnrolmentToken, Organ, OrganKey, SessionToken
 
@@ -142,36 +151,25 @@ class Tree:
         return self._parents.get(code)
 
 
-#: ``codes`` and their ancestors, at most ``depth`` levels up.
-_UP: Final = """
-    WITH RECURSIVE up(code, parent, depth) AS (
-        SELECT code, parent, 0 FROM organs WHERE code {codes}
-        UNION
-        SELECT o.code, o.parent, up.depth + 1
-        FROM organs o JOIN up ON o.code = up.parent
-        WHERE up.depth < :depth
+def _up() -> CTE:
+    """``codes`` and their ancestors, at most ``depth`` levels up (a recursive CTE; the
+    codes are one list parameter, :func:`hub.db.in_list`)."""
+    organs = cast(Table, Organ.__table__)
+    start = (
+        select(organs.c.code, organs.c.parent, literal_column("0", Integer).label("depth"))
+        .where(in_list(organs.c.code, "codes"))
+        .cte("up", recursive=True)
     )
-"""
-
-_ANCESTORS_SQL: Final = _UP + "SELECT DISTINCT code, parent FROM up"  # noqa: S608 - constant
-
-
-def _by_dialect(sql: str) -> dict[bool, TextClause]:
-    """``sql`` with its list of codes as an expanding ``IN`` (SQLite) or, on PostgreSQL
-    (True), one array parameter: a single prepared statement whatever the count."""
-    return {
-        False: text(sql.format(codes="IN :codes")).bindparams(bindparam("codes", expanding=True)),
-        True: text(sql.format(codes="= ANY(:codes)")).bindparams(
-            bindparam("codes", type_=ARRAY(String))
-        ),
-    }
+    above = organs.alias("o")
+    return start.union(
+        select(above.c.code, above.c.parent, start.c.depth + literal_column("1", Integer))
+        .select_from(above.join(start, above.c.code == start.c.parent))
+        .where(start.c.depth < bindparam("depth"))
+    )
 
 
-_ANCESTORS: Final = _by_dialect(_ANCESTORS_SQL)
-
-
-def _postgres(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+_UP: Final = _up()
+_ANCESTORS: Final = select(_UP.c.code, _UP.c.parent).distinct()
 
 
 async def tree_around(session: AsyncSession, codes: Iterable[str]) -> Tree:
@@ -180,21 +178,15 @@ async def tree_around(session: AsyncSession, codes: Iterable[str]) -> Tree:
     wanted = sorted(set(codes))
     for start in range(0, len(wanted), 1000):
         rows = await run(
-            session,
-            _ANCESTORS[_postgres(session)],
-            {"codes": wanted[start : start + 1000], "depth": TREE_DEPTH_MAX},
+            session, _ANCESTORS, {"codes": wanted[start : start + 1000], "depth": TREE_DEPTH_MAX}
         )
         for code, parent in rows:
             parents[code] = parent
     return Tree(parents)
 
 
-_AROUND: Final = _by_dialect(
-    _UP  # noqa: S608 - constant SQL, parameters are bound
-    + """
-    SELECT organs.code, organs.parent, organs.entry FROM organs
-    WHERE organs.code IN (SELECT code FROM up)
-    """
+_AROUND: Final = select(Organ.code, Organ.parent, Organ.entry).where(
+    Organ.code.in_(select(_UP.c.code))
 )
 
 
@@ -212,9 +204,7 @@ async def lookup(
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start : start + 1000]
         asked = set(chunk)
-        rows = await run(
-            session, _AROUND[_postgres(session)], {"codes": chunk, "depth": TREE_DEPTH_MAX}
-        )
+        rows = await run(session, _AROUND, {"codes": chunk, "depth": TREE_DEPTH_MAX})
         for code, parent, entry in rows:
             parents[code] = parent
             if entry is not None and code in asked:

@@ -39,7 +39,7 @@ from .errors import NodeError
 
 READ: Final = 1024 * 1024
 #: The spool's write-back is started every this many bytes while sealing goes on, so the
-#: closing fsync finds little left (see :func:`_write_back`).
+#: closing fsync finds little left (see :class:`_WriteBack`).
 WRITEBACK_EVERY: Final = 8 * 1024 * 1024
 METADATA_FILE: Final = "metadata.json"
 #: Longest file name in bytes most file systems take.
@@ -153,11 +153,25 @@ _SYNC_FILE_RANGE: Final = _libc_sync_file_range()
 SYNC_FILE_RANGE_WRITE: Final = 2
 
 
-def _write_back(out: IO[bytes], start: int, end: int) -> None:
-    """Start writing ``out``'s bytes ``start:end`` to disk; the final fsync still counts."""
-    if _SYNC_FILE_RANGE is not None:
-        out.flush()
-        _SYNC_FILE_RANGE(out.fileno(), start, end - start, SYNC_FILE_RANGE_WRITE)
+class _WriteBack:
+    """A file written sequentially, its write-back started every :data:`WRITEBACK_EVERY`
+    bytes (no waiting), so that the fsync that makes it durable finds little left."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.size = self._started = out.tell()
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.size += len(data)
+        if self.size - self._started >= WRITEBACK_EVERY:
+            if _SYNC_FILE_RANGE is not None:
+                self.out.flush()
+                _SYNC_FILE_RANGE(
+                    self.out.fileno(), self._started, self.size - self._started,
+                    SYNC_FILE_RANGE_WRITE,
+                )  # fmt: skip
+            self._started = self.size
 
 
 def seal_to_file(
@@ -167,28 +181,23 @@ def seal_to_file(
     total = sum(f.size for f in files)
     done = 0
     tmp = dest.with_name(dest.name + ".partial")
-    size = 0
-    written_back = 0
     try:
-        with tmp.open("wb") as out:
+        with tmp.open("wb") as fh_out:
+            out = _WriteBack(fh_out)
             for f in files:
                 sealer.add_file(f.name, f.media_type)
                 with f.path.open("rb") as fh:
                     while piece := fh.read(READ):
                         for chunk in sealer.feed(piece):
                             out.write(chunk)
-                            size += len(chunk)
-                        if size - written_back >= WRITEBACK_EVERY:
-                            _write_back(out, written_back, size)
-                            written_back = size
                         done += len(piece)
                         if progress is not None:
                             progress(done, total)
             last, envelope = sealer.finish()
             out.write(last)
-            size += len(last)
-            out.flush()
-            os.fsync(out.fileno())
+            size = out.size
+            fh_out.flush()
+            os.fsync(fh_out.fileno())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -201,27 +210,19 @@ class _Plaintext:
 
     def __init__(self, work: Path) -> None:
         self.work = work
-        self._current: tuple[int, IO[bytes]] | None = None
-        self._size = self._written_back = 0
+        # Written back as it comes: publishing fsyncs each file (_publish).
+        self._current: tuple[int, _WriteBack] | None = None
 
     def write(self, pieces: list[tuple[int, bytes]]) -> None:
         for index, data in pieces:
             if self._current is None or self._current[0] != index:
                 self.close()
-                self._current = (index, (self.work / f"{index:05d}").open("ab"))
-                self._size = self._written_back = self._current[1].tell()
-            out = self._current[1]
-            out.write(data)
-            self._size += len(data)
-            if self._size - self._written_back >= WRITEBACK_EVERY:
-                # Written back as it comes: publishing fsyncs each file, and finds little
-                # left to write then (a 1 GiB document, one flush at the end: seconds).
-                _write_back(out, self._written_back, self._size)
-                self._written_back = self._size
+                self._current = (index, _WriteBack((self.work / f"{index:05d}").open("ab")))
+            self._current[1].write(data)
 
     def close(self) -> None:
         if self._current is not None:
-            self._current[1].close()
+            self._current[1].out.close()
             self._current = None
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
 import unicodedata
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.blobs import BlobStore
 from hub.db import Base, in_list, make_engine, read_engine, read_rows, run
@@ -164,38 +167,55 @@ async def test_in_list_one_statement_whatever_the_count(database_url: str) -> No
         assert all(" IN (" in s for s in sent)
 
 
-@pytest.mark.asyncio
-async def test_read_rows_gives_what_sqlalchemy_gives(database_url: str) -> None:
-    """``read_rows`` on a reader connection returns the rows SQLAlchemy returns, by column
-    name (literal values, a list, a limit, NULL, bytes, Vietnamese text); on PostgreSQL
-    without going through SQLAlchemy's execution."""
+@contextlib.asynccontextmanager
+async def _probe_table(
+    database_url: str, name: str, *columns: Column[Any]
+) -> AsyncIterator[tuple[AsyncEngine, Table, list[str]]]:
+    """A table of its own on a fresh engine, dropped afterwards, and the statements naming
+    it that go through SQLAlchemy's execution (recorded from the start)."""
     engine = make_engine(database_url)
-    reader = read_engine(engine)
     meta = MetaData()
-    table = Table(
-        "read_rows_probe",
-        meta,
-        Column("id", BigInteger, primary_key=True),
-        Column("kind", String(16)),
-        Column("name", String(64)),
-        Column("data", LargeBinary, nullable=True),
-    )
-    names = ["Hồng Lạc", unicodedata.normalize("NFD", "Hồng Lạc"), "Yên Lạc"]
-    query = (
-        select(table.c.id, table.c.name, table.c.data)
-        .where(table.c.kind == "envelope", in_list(table.c.id, "ids"))
-        .order_by(table.c.id)
-        .limit(bindparam("limit"))
-    )
+    table = Table(name, meta, *columns)
     sent: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "read_rows_probe" in statement:
+        if name in statement:
             sent.append(statement)
 
     try:
         async with engine.begin() as conn:
             await conn.run_sync(meta.create_all)
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        yield engine, table, sent
+    finally:
+        if event.contains(engine.sync_engine, "before_cursor_execute", record):
+            event.remove(engine.sync_engine, "before_cursor_execute", record)
+        async with engine.begin() as conn:
+            await conn.run_sync(meta.drop_all)
+        await engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_read_rows_gives_what_sqlalchemy_gives(database_url: str) -> None:
+    """``read_rows`` on a reader connection returns the rows SQLAlchemy returns, by column
+    name (literal values, a list, a limit, NULL, bytes, Vietnamese text); on PostgreSQL
+    without going through SQLAlchemy's execution."""
+    names = ["Hồng Lạc", unicodedata.normalize("NFD", "Hồng Lạc"), "Yên Lạc"]
+    async with _probe_table(
+        database_url,
+        "read_rows_probe",
+        Column("id", BigInteger, primary_key=True),
+        Column("kind", String(16)),
+        Column("name", String(64)),
+        Column("data", LargeBinary, nullable=True),
+    ) as (engine, table, sent):
+        query = (
+            select(table.c.id, table.c.name, table.c.data)
+            .where(table.c.kind == "envelope", in_list(table.c.id, "ids"))
+            .order_by(table.c.id)
+            .limit(bindparam("limit"))
+        )
+        async with engine.begin() as conn:
             await conn.execute(
                 table.insert(),
                 [
@@ -204,9 +224,8 @@ async def test_read_rows_gives_what_sqlalchemy_gives(database_url: str) -> None:
                     for i in range(1, 13)
                 ],
             )  # fmt: skip
-        event.listen(engine.sync_engine, "before_cursor_execute", record)
         params = {"ids": [1, 2, 3, 5, 9, 11, 40], "limit": 4}
-        async with reader.connect() as conn:
+        async with read_engine(engine).connect() as conn:
             expected = [dict(r._mapping) for r in await conn.execute(query, params)]
             sent.clear()
             got = [dict(r) for r in await read_rows(conn, query, params)]
@@ -217,11 +236,6 @@ async def test_read_rows_gives_what_sqlalchemy_gives(database_url: str) -> None:
         assert got[0]["name"] == names[1]
         assert list(again) == []
         assert len(sent) == (0 if engine.dialect.name == "postgresql" else 2)
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
-        async with engine.begin() as conn:
-            await conn.run_sync(meta.drop_all)
-        await engine.dispose()
 
 
 @pytest.mark.asyncio
@@ -230,40 +244,28 @@ async def test_run_writes_in_the_callers_transaction(database_url: str) -> None:
     undoes them, even when ``run`` sent the first statement), gives rows, row counts and
     SQLAlchemy's IntegrityError, and leaves to SQLAlchemy what needs its conversions; on
     PostgreSQL without going through SQLAlchemy's execution."""
-    engine = make_engine(database_url)
-    meta = MetaData()
-    table = Table(
-        "run_probe",
-        meta,
-        Column("id", BigInteger, primary_key=True),
-        Column("name", String(64)),
-        Column("data", LargeBinary, nullable=True),
-        Column("seen", BigInteger, nullable=False, default=7),
-    )
     names = ["Hồng Lạc", unicodedata.normalize("NFD", "Hồng Lạc"), "Yên Lạc"]
-    add = table.insert()
-    rename = table.update().where(in_list(table.c.id, "ids")).values(name=bindparam("new"))
-    rename_four = table.update().where(table.c.id == 4).values(name=bindparam("new"))
-    take = (
-        table.delete()
-        .where(table.c.id == bindparam("id"))
-        .returning(table.c.id, table.c.name, table.c.data)
-    )
-    listed = select(table.c.id, table.c.name, table.c.data).order_by(table.c.id)
-    sent: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "run_probe" in statement:
-            sent.append(statement)
-
     rows = [
         {"id": i, "name": names[i % 3], "data": os.urandom(i) if i % 2 else None, "seen": i}
         for i in range(1, 6)
     ]
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(meta.create_all)
-        event.listen(engine.sync_engine, "before_cursor_execute", record)
+    async with _probe_table(
+        database_url,
+        "run_probe",
+        Column("id", BigInteger, primary_key=True),
+        Column("name", String(64)),
+        Column("data", LargeBinary, nullable=True),
+        Column("seen", BigInteger, nullable=False, default=7),
+    ) as (engine, table, sent):
+        add = table.insert()
+        rename = table.update().where(in_list(table.c.id, "ids")).values(name=bindparam("new"))
+        rename_four = table.update().where(table.c.id == 4).values(name=bindparam("new"))
+        take = (
+            table.delete()
+            .where(table.c.id == bindparam("id"))
+            .returning(table.c.id, table.c.name, table.c.data)
+        )
+        listed = select(table.c.id, table.c.name, table.c.data).order_by(table.c.id)
         async with engine.begin() as conn:
             assert (await run(conn, add, rows)).rowcount == 5
             assert (await run(conn, rename, {"ids": [2, 3, 40], "new": names[2]})).rowcount == 2
@@ -313,11 +315,6 @@ async def test_run_writes_in_the_callers_transaction(database_url: str) -> None:
         async with engine.connect() as conn:
             ids = (await conn.execute(select(table.c.id, table.c.seen))).all()
         assert sorted(ids) == [(1, 1), (2, 2), (3, 3), (4, 4), (11, 7)]
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
-        async with engine.begin() as conn:
-            await conn.run_sync(meta.drop_all)
-        await engine.dispose()
 
 
 @pytest.mark.asyncio

@@ -283,7 +283,7 @@ def test_receiver_refuses_a_shorter_body(tmp_path: Path) -> None:
     _nothing_left(rx)
 
 
-def test_sealing_starts_the_spool_write_back_as_it_goes(
+def test_sealing_and_opening_start_the_write_back_as_they_go(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[int, int, int]] = []
@@ -299,8 +299,13 @@ def test_sealing_starts_the_spool_write_back_as_it_goes(
     assert all(flags == 2 for _, _, flags in calls)
     assert [start for start, _, _ in calls] == [0, *(s + n for s, n, _ in calls[:-1])]
     assert all(n >= 100_000 for _, n, _ in calls)
+    # Opening writes the plaintext back the same way (publishing then fsyncs it).
+    calls.clear()
     final = open_(envelope, body, key, tmp_path)
     assert (final / "a.pdf").read_bytes() == b"w" * 350_000
+    assert len(calls) >= 2
+    assert [start for start, _, _ in calls] == [0, *(s + n for s, n, _ in calls[:-1])]
+    assert all(n >= 100_000 for _, n, _ in calls)
     # Without sync_file_range (another platform) sealing works the same.
     monkeypatch.setattr(transfer, "_SYNC_FILE_RANGE", None)
     (tmp_path / "src").rename(tmp_path / "src1")
