@@ -57,7 +57,7 @@ from protocol.keys import (
 )
 
 from .auditlog import append_event
-from .db import in_list, run
+from .db import in_list, in_subquery, run
 from .hubkeys import HubKeys
 from .models import DirectoryHistory, EnrolmentToken, Organ, OrganKey, SessionToken
 
@@ -185,8 +185,9 @@ async def tree_around(session: AsyncSession, codes: Iterable[str]) -> Tree:
     return Tree(parents)
 
 
-_AROUND: Final = select(Organ.code, Organ.parent, Organ.entry).where(
-    Organ.code.in_(select(_UP.c.code))
+_ORGANS: Final = cast(Table, Organ.__table__)
+_AROUND: Final = select(_ORGANS.c.code, _ORGANS.c.parent, _ORGANS.c.entry).where(
+    in_subquery(_ORGANS.c.code, select(_UP.c.code))
 )
 
 

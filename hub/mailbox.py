@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -172,12 +172,14 @@ async def _load_packets(
 
 async def read_items(
     hub: Hub, conn: AsyncConnection, organ: str, limit: int
-) -> list[dict[str, Any]]:
-    """The organ's items for an answer, on a connection of ``hub.reader`` (no transaction)."""
+) -> tuple[list[dict[str, Any]], bool]:
+    """The organ's items for an answer, on a connection of ``hub.reader`` (no transaction),
+    and whether they are all the mailbox holds (none left out by the limit, the byte
+    budget or a packet that could not be read)."""
     params = {"organ": organ, "limit": limit, "envelope_max": ENVELOPE_WITH_ITEM}
     rows = await read_rows(conn, _ITEMS, params)
     if not rows:
-        return []
+        return [], True
     envelope_ids = {bytes(r["packet_id"]) for r in rows if r["kind"] == "envelope"}
     packets: dict[bytes, Encoded] = {}
     if envelope_ids:
@@ -225,7 +227,7 @@ async def read_items(
                 }
             )
         out.append(doc)
-    return out
+    return out, len(rows) < limit and len(out) == len(rows)
 
 
 async def ack(hub: Hub, organ: str, ids: Sequence[int]) -> int:
@@ -273,8 +275,15 @@ async def _ack_many(hub: Hub, acks: Sequence[_Ack]) -> dict[_Ack, int]:
     return removed
 
 
-async def long_poll(hub: Hub, organ: str, wait: float, limit: int) -> list[dict[str, Any]]:
+async def long_poll(
+    hub: Hub, organ: str, wait: float, limit: int, acknowledged: Collection[int] = ()
+) -> list[dict[str, Any]]:
     """The office's items, waiting for some up to ``wait`` seconds.
+
+    ``acknowledged``: the ids this request has just acknowledged.  When they were the
+    whole of the mailbox's last answer and nothing arrived since, the mailbox is known
+    empty and the wait starts without reading it (:meth:`MailboxNotifier.known_empty`):
+    a delivery costs one read, not two.
 
     An empty answer comes at a random point of the last :data:`WAIT_JITTER` of the wait:
     offices that began polling together (a hub restart, a network back) would otherwise
@@ -283,11 +292,19 @@ async def long_poll(hub: Hub, organ: str, wait: float, limit: int) -> list[dict[
     loop = asyncio.get_running_loop()
     spread = WAIT_JITTER * random.random()  # noqa: S311 (spreading load, not a secret)
     deadline = loop.time() + wait * (1 - spread)
-    with hub.notifier.listen(organ) as woken:
+    notifier = hub.notifier
+    items: list[dict[str, Any]]
+    with notifier.listen(organ) as woken:
+        known_empty = notifier.known_empty(organ, acknowledged)
         while True:
-            woken.clear()
-            async with hub.reader.connect() as conn:
-                items = await read_items(hub, conn, organ, limit)
+            if known_empty:  # `woken` is left set if something arrived meanwhile
+                known_empty, items = False, []
+            else:
+                woken.clear()
+                token = notifier.reading(organ)
+                async with hub.reader.connect() as conn:
+                    items, whole = await read_items(hub, conn, organ, limit)
+                notifier.read(organ, token, [i["id"] for i in items] if whole else None)
             left = deadline - loop.time()
             if items or left <= 0 or hub.notifier.closing:
                 return items

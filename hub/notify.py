@@ -10,6 +10,14 @@ Notifications are a hint, never the truth: a woken request reads its mailbox fro
 database, and waiters re-read it every few seconds anyway, so a notification lost while
 the listener reconnects costs latency, not mail.
 
+The same wake-ups let a long-poll skip one read.  The notifier remembers, per organ, the
+item ids of the last answer that held *everything* in the mailbox (:meth:`reading`,
+:meth:`read`); any wake-up of the organ forgets it, and so does a wake-up of all (the
+listener reconnecting).  A request that acknowledges all of those ids (or, with nothing
+remembered but an empty mailbox, none) then knows the mailbox is empty without asking:
+:meth:`known_empty`, checked after it started listening, so anything arriving from then
+on wakes it as usual.  Nothing is known while the listener is down on PostgreSQL.
+
 A second channel (the first's name + ``_sessions``) says "sessions changed": a key was
 revoked or superseded, so every hub process drops the bearer tokens it remembers
 (:class:`hub.sessions.TokenCache`).  It is sent the same way, in the transaction that
@@ -23,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, Final
 
 import asyncpg
@@ -40,6 +48,8 @@ _NOTIFY: Final = select(
     func.pg_notify(bindparam("channel", type_=String), bindparam("payload", type_=String))
 )
 _WAKE_ALL: Final = "*"
+#: Most organs whose last answer is remembered (all forgotten past it: a few bytes each).
+_SEEN_MAX: Final = 100_000
 _SESSIONS: Final = "_sessions"
 log = get_logger("hub.notify")
 
@@ -69,6 +79,8 @@ class MailboxNotifier:
         self._conn: Any = None
         self._postgres = False
         self._on_sessions: list[Callable[[], None]] = []
+        #: Organ -> the ids of its last complete answer, or the token of a read running.
+        self._seen: dict[str, frozenset[int] | object] = {}
         self.closing = False
 
     # -- in-process ---------------------------------------------------------------------
@@ -91,13 +103,44 @@ class MailboxNotifier:
             if organ == _WAKE_ALL:
                 self.wake_all()
                 return
+            self._seen.pop(organ, None)
             for event in self._waiters.get(organ, ()):
                 event.set()
 
     def wake_all(self) -> None:
+        self._seen.clear()
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
+
+    # -- what a mailbox held --------------------------------------------------------------
+
+    def reading(self, organ: str) -> object:
+        """A read of ``organ``'s mailbox starts: the token to give :meth:`read`."""
+        if len(self._seen) >= _SEEN_MAX:
+            self._seen.clear()
+        token = object()
+        self._seen[organ] = token
+        return token
+
+    def read(self, organ: str, token: object, ids: Collection[int] | None) -> None:
+        """The read of ``token`` found the whole mailbox to be ``ids`` (None: only part of
+        it).  Remembered unless the organ was woken meanwhile (or another read began)."""
+        if self._seen.get(organ) is not token:
+            return
+        if ids is None:
+            del self._seen[organ]
+        else:
+            self._seen[organ] = frozenset(ids)
+
+    def known_empty(self, organ: str, acknowledged: Collection[int]) -> bool:
+        """Whether ``organ``'s mailbox is empty for sure: its last complete answer was
+        ``acknowledged`` whole (this request's acknowledgement is done) and nothing woke
+        it since.  Ask only while listening for ``organ``: later arrivals wake the waiter."""
+        if self._postgres and self._conn is None:
+            return False
+        seen = self._seen.get(organ)
+        return isinstance(seen, frozenset) and seen.issubset(acknowledged)
 
     # -- across processes ---------------------------------------------------------------
 

@@ -31,7 +31,7 @@ async def ack_and_poll(request: web.Request) -> web.StreamResponse:
     window = _window(request)  # checked first: a refused request acknowledges nothing
     ids = _ids(await read_json(request), "ack")
     acknowledged = await mailbox.ack(hub_of(request), caller.organ, ids)
-    return await _items(request, caller.organ, *window, {"acknowledged": acknowledged})
+    return await _items(request, caller.organ, *window, {"acknowledged": acknowledged}, ids)
 
 
 def _window(request: web.Request) -> tuple[int, int]:
@@ -44,9 +44,14 @@ def _window(request: web.Request) -> tuple[int, int]:
 
 
 async def _items(
-    request: web.Request, organ: str, wait: int, limit: int, extra: dict[str, int]
+    request: web.Request,
+    organ: str,
+    wait: int,
+    limit: int,
+    extra: dict[str, int],
+    acknowledged: list[int] | None = None,
 ) -> web.StreamResponse:
-    items = await mailbox.long_poll(hub_of(request), organ, wait, limit)
+    items = await mailbox.long_poll(hub_of(request), organ, wait, limit, acknowledged or ())
     parts = to_json({"items": items, **extra})
     size = sum(map(len, parts))
     if size <= CHUNK:

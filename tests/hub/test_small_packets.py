@@ -169,6 +169,146 @@ async def test_acknowledge_and_poll_in_one_request(hub_env: HubEnv) -> None:
     assert [i["packet_id"] for i in answer["items"]] == [second["packet_id"]]
 
 
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each mailbox read of the long-poll (the organ read)."""
+    reads: list[str] = []
+    original = hub_mailbox.read_items
+
+    async def counting(hub: Any, conn: Any, organ: str, limit: int) -> Any:
+        reads.append(organ)
+        return await original(hub, conn, organ, limit)
+
+    monkeypatch.setattr(hub_mailbox, "read_items", counting)
+    return reads
+
+
+async def _ack_and_poll(env: HubEnv, office: Any, ids: list[int], **params: str) -> dict[str, Any]:
+    resp = await env.client.post(
+        "/v1/mailbox", params={"wait": "0", **params}, json={"ack": ids}, headers=office.headers
+    )
+    assert resp.status == 200
+    doc: dict[str, Any] = await resp.json()
+    return doc
+
+
+@pytest.mark.asyncio
+async def test_acknowledging_a_whole_answer_skips_the_next_read(
+    hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer that held the whole mailbox, acknowledged whole by the next long-poll
+    with nothing arrived since: the mailbox is known empty, the poll waits without
+    reading it -- and what arrives then still answers it."""
+    env = hub_env
+    w = await world(env)
+    await send(env, w.province, [w.yen_lac], data="Công văn số 1".encode())
+    items = await mailbox(env, w.yen_lac)
+    reads = _count_reads(monkeypatch)
+    doc = await _ack_and_poll(env, w.yen_lac, [i["id"] for i in items])
+    assert doc == {"items": [], "acknowledged": 1}
+    assert reads == []
+    # A plain poll acknowledges nothing: that answer's items may still be there.
+    assert await mailbox(env, w.yen_lac) == []
+    assert reads == [w.yen_lac.code]
+    # ... but an empty answer is remembered as well.
+    assert await mailbox(env, w.yen_lac) == []
+    assert reads == [w.yen_lac.code]
+    waiting = asyncio.create_task(_ack_and_poll(env, w.yen_lac, [], wait="30"))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    second, _, _ = await send(env, w.province, [w.yen_lac])
+    answer = await asyncio.wait_for(waiting, 10)
+    assert [i["packet_id"] for i in answer["items"]] == [second["packet_id"]]
+
+
+@pytest.mark.asyncio
+async def test_what_is_known_of_a_mailbox_goes_with_arrivals_and_partial_answers(
+    hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next poll reads when something arrived since the answer, when the answer held
+    only part of the mailbox (its limit), or when not all of it is acknowledged."""
+    env = hub_env
+    w = await world(env)
+    reads = _count_reads(monkeypatch)
+    # Something arrived after the answer.
+    await send(env, w.province, [w.yen_lac])
+    (first,) = await mailbox(env, w.yen_lac)
+    arrived, _, _ = await send(env, w.province, [w.yen_lac])
+    doc = await _ack_and_poll(env, w.yen_lac, [first["id"]])
+    assert [i["packet_id"] for i in doc["items"]] == [arrived["packet_id"]]
+    # The answer stopped at its limit: the rest is still there.
+    await send(env, w.province, [w.yen_lac])
+    part = await mailbox(env, w.yen_lac, limit=1)
+    assert len(part) == 1
+    doc = await _ack_and_poll(env, w.yen_lac, [part[0]["id"]], limit="1")
+    assert len(doc["items"]) == 1
+    assert doc["items"][0]["id"] != part[0]["id"]
+    # Only part of a whole answer acknowledged: the rest comes again.
+    rest = doc["items"][0]
+    await _ack_and_poll(env, w.yen_lac, [rest["id"]])
+    await send(env, w.province, [w.yen_lac])
+    await send(env, w.province, [w.yen_lac])
+    both = await mailbox(env, w.yen_lac)
+    assert len(both) == 2
+    before = len(reads)
+    doc = await _ack_and_poll(env, w.yen_lac, [both[0]["id"]])
+    assert [i["id"] for i in doc["items"]] == [both[1]["id"]]
+    assert len(reads) == before + 1
+    # The answer's byte budget left an item out: the rest is still there.
+    await send(env, w.province, [w.yen_lac])
+    monkeypatch.setattr(hub_mailbox, "BYTES_BUDGET", 1)  # one item per answer
+    (one,) = await mailbox(env, w.yen_lac)
+    assert one["id"] == both[1]["id"]
+    doc = await _ack_and_poll(env, w.yen_lac, [one["id"]])
+    assert len(doc["items"]) == 1
+    assert doc["items"][0]["id"] != one["id"]
+
+
+def test_notifier_remembers_a_whole_answer_only_while_nothing_woke_it() -> None:
+    notifier = hub_notify.MailboxNotifier("lienthong_test")
+    organ = "000.00.00.H41"
+    # A read and its result: known empty once acknowledged whole.
+    token = notifier.reading(organ)
+    notifier.read(organ, token, [7, 8])
+    assert notifier.known_empty(organ, [7, 8, 9])
+    assert not notifier.known_empty(organ, [7])
+    assert not notifier.known_empty("000.00.01.H41", [])
+    # A wake-up during the read: what it found is not kept.
+    token = notifier.reading(organ)
+    notifier.wake([organ])
+    notifier.read(organ, token, [])
+    assert not notifier.known_empty(organ, [])
+    # A later read replaces an earlier one's token; a partial read forgets.
+    first = notifier.reading(organ)
+    second = notifier.reading(organ)
+    notifier.read(organ, first, [])
+    assert not notifier.known_empty(organ, [])
+    notifier.read(organ, second, [])
+    assert notifier.known_empty(organ, [])
+    notifier.read(organ, notifier.reading(organ), None)
+    assert not notifier.known_empty(organ, [])
+    # A wake-up of all (the listener came back) forgets everything.
+    notifier.read(organ, notifier.reading(organ), [])
+    notifier.wake(["*"])
+    assert not notifier.known_empty(organ, [])
+    # On PostgreSQL, nothing is known while the listening connection is down.
+    notifier.read(organ, notifier.reading(organ), [])
+    notifier._postgres = True
+    assert not notifier.known_empty(organ, [])
+    notifier._conn = object()
+    assert notifier.known_empty(organ, [])
+
+
+def test_notifier_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_notify, "_SEEN_MAX", 3)
+    notifier = hub_notify.MailboxNotifier("lienthong_test")
+    for n in range(3):
+        notifier.read(f"O{n}", notifier.reading(f"O{n}"), [])
+    assert notifier.known_empty("O0", [])
+    notifier.read("O3", notifier.reading("O3"), [])
+    assert not notifier.known_empty("O0", [])
+    assert notifier.known_empty("O3", [])
+
+
 @pytest.mark.asyncio
 async def test_large_body_not_inline_ack_records_nothing(hub_env: HubEnv) -> None:
     env = hub_env
