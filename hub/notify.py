@@ -10,13 +10,21 @@ Notifications are a hint, never the truth: a woken request reads its mailbox fro
 database, and waiters re-read it every few seconds anyway, so a notification lost while
 the listener reconnects costs latency, not mail.
 
-The same wake-ups let a long-poll skip one read.  The notifier remembers, per organ, the
-item ids of the last answer that held *everything* in the mailbox (:meth:`reading`,
-:meth:`read`); any wake-up of the organ forgets it, and so does a wake-up of all (the
-listener reconnecting).  A request that acknowledges all of those ids (or, with nothing
-remembered but an empty mailbox, none) then knows the mailbox is empty without asking:
-:meth:`known_empty`, checked after it started listening, so anything arriving from then
-on wakes it as usual.  Nothing is known while the listener is down on PostgreSQL.
+On PostgreSQL the notification is *the* wake-up, in the committing process too: its
+code's :meth:`MailboxNotifier.wake` after the commit does nothing while the listener is up
+(PostgreSQL delivers the notification to this process as well, a millisecond later), and
+wakes this process's waiters itself while it is down.  One wake-up per change, always
+after the change is visible -- which is what lets a long-poll skip a read:
+
+The notifier remembers, per organ, the item ids of the last answer that held *everything*
+in the mailbox (:meth:`reading`, :meth:`read`).  A wake-up of the organ forgets it, and so
+does a wake-up of all (the listener reconnecting).  A request that acknowledges all of
+those ids (or, with an empty mailbox remembered, none) then knows the mailbox is empty
+without asking: :meth:`known_empty`, checked after it started listening, so anything
+arriving from then on wakes it as usual.  Nothing is known while the listener is down on
+PostgreSQL.  (Had the committing process also woken its own waiters at once, the read so
+woken would often begin before the notification arrived, which then made it forget an
+answer that held the change: half the skips were lost so in tests/bench scenario 5.)
 
 A second channel (the first's name + ``_sessions``) says "sessions changed": a key was
 revoked or superseded, so every hub process drops the bearer tokens it remembers
@@ -98,7 +106,19 @@ class MailboxNotifier:
                 if not waiters:
                     del self._waiters[organ]
 
+    @property
+    def hears_itself(self) -> bool:
+        """Whether this process's changes wake it through PostgreSQL (the listener is up)."""
+        return self._postgres and self._conn is not None
+
     def wake(self, organs: Iterable[str]) -> None:
+        """Something for ``organs`` was committed by this process (and notified in its
+        transaction, on PostgreSQL): wake their waiters, unless the notification will."""
+        if not self.hears_itself:
+            self.wake_here(organs)
+
+    def wake_here(self, organs: Iterable[str]) -> None:
+        """Wake the organs' waiters and forget what their mailboxes held, now."""
         for organ in organs:
             if organ == _WAKE_ALL:
                 self.wake_all()
@@ -137,7 +157,7 @@ class MailboxNotifier:
         """Whether ``organ``'s mailbox is empty for sure: its last complete answer was
         ``acknowledged`` whole (this request's acknowledgement is done) and nothing woke
         it since.  Ask only while listening for ``organ``: later arrivals wake the waiter."""
-        if self._postgres and self._conn is None:
+        if self._postgres and not self.hears_itself:
             return False
         seen = self._seen.get(organ)
         return isinstance(seen, frozenset) and seen.issubset(acknowledged)
@@ -164,7 +184,7 @@ class MailboxNotifier:
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         if isinstance(payload, str):
-            self.wake(payload.split(","))
+            self.wake_here(payload.split(","))
 
     # -- sessions changed -----------------------------------------------------------------
 

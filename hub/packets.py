@@ -472,6 +472,7 @@ async def _publish(hub: Hub, organs: set[str]) -> None:
             await hub.notifier.publish(session, organs)
     except Exception:  # a hint only: the other processes' long-polls re-check anyway
         log.exception("notifying the other hub processes failed")
+        hub.notifier.wake_here(organs)  # this one's waiters were left to the notification
 
 
 async def _wake_and_wait(hub: Hub, envs: Sequence[Envelope], quiet: bool) -> dict[bytes, bytes]:

@@ -91,13 +91,42 @@ async def test_two_hub_processes_on_one_postgresql(pg_database: str, tmp_path: P
         latency = time.monotonic() - accepted_at
         assert [base64.b64decode(i["envelope"]) for i in items] == [envelope]
         assert latency < 1.0, f"woken after {latency:.3f} s"
+        sent_ids = [doc["packet_id"]]
+        # The next long-polls acknowledge what came (the second process then knows the
+        # mailbox empty and waits without reading it) and are still woken, by a packet
+        # submitted to the other process and by one submitted to their own.
+        for api in (a, b):
+            acked = [i["id"] for i in items]
+            waiting = asyncio.create_task(
+                b.client.post(
+                    "/v1/mailbox",
+                    params={"wait": "30"},
+                    json={"ack": acked},
+                    headers=yen_lac.headers,
+                )
+            )
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            envelope, body = seal(province, [yen_lac])
+            status, doc = await submit(api, province, envelope)
+            assert status == 202
+            sent_ids.append(doc["packet_id"])
+            status, doc = await upload(api, province, doc["packet_id"], body)
+            sent_at = time.monotonic()
+            resp = await asyncio.wait_for(waiting, 10)
+            latency = time.monotonic() - sent_at
+            answer = await resp.json()
+            assert answer["acknowledged"] == len(acked)
+            items = answer["items"]
+            assert [base64.b64decode(i["envelope"]) for i in items] == [envelope]
+            assert latency < 1.0, f"woken after {latency:.3f} s"
         # Many packets through both processes at once: the log has each event once.
         sends = [
             send(api, province, [yen_lac, tam_hong], data=f"Công văn {i}".encode())
             for i, api in zip(range(20), [a, b] * 10, strict=True)
         ]
         answers = await asyncio.gather(*sends)
-        packet_ids = {doc["packet_id"] for doc, _, _ in answers} | {doc["packet_id"]}
+        packet_ids = {doc["packet_id"] for doc, _, _ in answers} | set(sent_ids)
 
         async def complete() -> list[bytes]:
             for _ in range(100):
@@ -114,7 +143,7 @@ async def test_two_hub_processes_on_one_postgresql(pg_database: str, tmp_path: P
             for e in entries
             if parse_event(e).kind == "packet_accepted"
         ]
-        assert len(accepted) == len(set(accepted)) == 21
+        assert len(accepted) == len(set(accepted)) == 23
         assert len(entries) == len(set(entries))
         # Every answer carried a hub receipt whose log index is that of its event.
         from protocol.receipts import parse_hub_receipt

@@ -298,6 +298,27 @@ def test_notifier_remembers_a_whole_answer_only_while_nothing_woke_it() -> None:
     assert notifier.known_empty(organ, [])
 
 
+def test_notifier_on_postgresql_wakes_through_the_notification_only() -> None:
+    """While the listener is up, the committing process's own wake-up leaves the waiters
+    and what is known to the notification (which PostgreSQL delivers to it as well); while
+    it is down, the process wakes its waiters itself."""
+    notifier = hub_notify.MailboxNotifier("lienthong_test")
+    organ = "000.00.00.H41"
+    notifier._postgres, notifier._conn = True, object()
+    with notifier.listen(organ) as woken:
+        notifier.read(organ, notifier.reading(organ), [])
+        notifier.wake([organ])
+        assert not woken.is_set()
+        assert notifier.known_empty(organ, [])
+        notifier._on_notify(None, 0, notifier.channel, f"{organ},X.Y")
+        assert woken.is_set()
+        assert not notifier.known_empty(organ, [])
+        woken.clear()
+        notifier._conn = None
+        notifier.wake([organ])
+        assert woken.is_set()
+
+
 def test_notifier_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub_notify, "_SEEN_MAX", 3)
     notifier = hub_notify.MailboxNotifier("lienthong_test")
